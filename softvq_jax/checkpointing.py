@@ -1,0 +1,225 @@
+"""All checkpoint I/O (the only module that imports Orbax).
+
+Two kinds of checkpoints:
+- training checkpoints under `<workdir>/checkpoints/<step>/` with the items `params`, `ema_params`,
+  `train` (step, optimizer state, rng, loss state) and `config` (JSON); written atomically by Orbax
+  (temporary directory, then rename), so a crash never leaves a half-written "latest" step;
+- exported models (`save_model`/`load_model`): one params pytree plus `config.json`, the format the
+  converters write and that evaluation, inference and the generators load.
+Restores go into abstract targets that carry the current shardings, so a checkpoint written on 8
+devices restores on 1 and vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+ITEMS = ("params", "ema_params", "train")
+
+
+def _to_json(obj: Any) -> Any:
+  """ConfigDicts / numpy scalars -> plain JSON types."""
+  if hasattr(obj, "to_dict"):
+    obj = obj.to_dict()
+  if isinstance(obj, dict):
+    return {str(k): _to_json(v) for k, v in obj.items()}
+  if isinstance(obj, list | tuple):
+    return [_to_json(v) for v in obj]
+  if isinstance(obj, np.generic):
+    return obj.item()
+  return obj
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs of `tree`, with `shardings` attached if given."""
+  if shardings is None:
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
+
+
+class CheckpointManager:
+  """Periodic/final training checkpoints with keep-last-N (+ keep-every-M) and resume.
+
+  `save` is asynchronous when `async_save`; `wait()` blocks until writes are durable (called
+  before exit). The Orbax preemption hook makes `should_save(step)` true when the job is being
+  preempted on TPU, so the loop saves exactly then.
+  """
+
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    max_to_keep: int = 3,
+    keep_every: int = 0,
+    save_every: int = 1,
+    async_save: bool = True,
+  ):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      keep_period=keep_every or None,
+      save_interval_steps=max(1, save_every),
+      enable_async_checkpointing=async_save,
+      create=True,
+    )
+    self._mngr = ocp.CheckpointManager(
+      self.directory, options=options, item_names=(*ITEMS, "config", "data")
+    )
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    """True at the periodic interval and when a preemption has been signalled."""
+    return self._mngr.should_save(step) or self._mngr.reached_preemption(step)
+
+  def save(
+    self, step: int, state: Any, *, config: Any = None, data_state: Any = None, force: bool = False
+  ) -> bool:
+    """Saves a TrainState-like object with fields params, ema_params and the rest as `train`."""
+    params, ema_params, train = split_state(state)
+    items = dict(
+      params=ocp.args.StandardSave(params),
+      ema_params=ocp.args.StandardSave(ema_params),
+      train=ocp.args.StandardSave(train),
+      config=ocp.args.JsonSave(_to_json(config) if config is not None else {}),
+      data=ocp.args.JsonSave(_to_json(data_state) if data_state is not None else {}),
+    )
+    saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    if saved:
+      logging.info("Checkpoint for step %d being written to %s", step, self.directory)
+    return saved
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores into `abstract_state` (ShapeDtypeStructs with shardings) -> (state, data_state)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    params, ema_params, train = split_state(abstract_state)
+    restored = self._mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(params),
+        ema_params=ocp.args.StandardRestore(ema_params),
+        train=ocp.args.StandardRestore(train),
+        data=ocp.args.JsonRestore(),
+      ),
+    )
+    state = merge_state(
+      abstract_state, restored["params"], restored["ema_params"], restored["train"]
+    )
+    return state, dict(restored["data"] or {})
+
+  def restore_params(self, abstract_params: Any, *, ema: bool = True, step: int | None = None):
+    """Restores only the (EMA) params item, e.g. for evaluation."""
+    step = self.latest_step() if step is None else step
+    item = "ema_params" if ema else "params"
+    out = self._mngr.restore(
+      step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_params)})
+    )
+    return out[item]
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def split_state(state: Any) -> tuple[Any, Any, dict]:
+  """TrainState -> (params, ema_params, everything else as a dict)."""
+  fields = dict(state.__dict__) if not isinstance(state, dict) else dict(state)
+  params = fields.pop("params")
+  ema_params = fields.pop("ema_params")
+  return params, ema_params, fields
+
+
+def merge_state(template: Any, params: Any, ema_params: Any, train: dict) -> Any:
+  """Inverse of split_state, rebuilding the template's type."""
+  if isinstance(template, dict):
+    return dict(train, params=params, ema_params=ema_params)
+  return template.replace(params=params, ema_params=ema_params, **train)
+
+
+def read_checkpoint_config(workdir: str | os.PathLike, step: int | None = None) -> dict:
+  """The config JSON saved with a training checkpoint (latest step by default)."""
+  mngr = ocp.CheckpointManager(
+    pathlib.Path(workdir).absolute() / "checkpoints", item_names=(*ITEMS, "config", "data")
+  )
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported models: DIR/params (Orbax pytree) + DIR/config.json.
+
+
+def save_model(out_dir: str | os.PathLike, params: Any, config: Any, *, overwrite: bool = False):
+  """Writes params + config.json into `out_dir` atomically (built in a temp dir, renamed)."""
+  out = pathlib.Path(out_dir).absolute()
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "params", jax.tree.map(np.asarray, params))
+    ckptr.wait_until_finished()
+    (tmp / "config.json").write_text(json.dumps(_to_json(config), indent=2, sort_keys=True))
+    if out.exists():
+      backup = out.with_name(f".{out.name}.old")
+      shutil.rmtree(backup, ignore_errors=True)
+      out.rename(backup)
+      tmp.rename(out)
+      shutil.rmtree(backup, ignore_errors=True)
+    else:
+      tmp.rename(out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info("Saved model to %s", out)
+  return out
+
+
+def load_model(model_dir: str | os.PathLike, shardings: Any = None) -> tuple[Any, dict]:
+  """Reads (params, config dict) written by `save_model`; arrays land on `shardings` if given."""
+  d = pathlib.Path(model_dir).absolute()
+  cfg_path, params_path = d / "config.json", d / "params"
+  if not cfg_path.is_file() or not params_path.exists():
+    raise FileNotFoundError(
+      f"{d} is not an exported softvq_jax model (needs config.json and params/); create one with "
+      "`python -m softvq_jax.convert ...` or `python -m softvq_jax.export --workdir ...`"
+    )
+  config = json.loads(cfg_path.read_text())
+  ckptr = ocp.StandardCheckpointer()
+  if shardings is None:
+    meta = ckptr.metadata(params_path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), tree
+    )
+  else:
+    target = shardings
+  params = ckptr.restore(params_path, target)
+  return params, config

@@ -1,0 +1,287 @@
+"""Shared config defaults, `get_config(arg)` argument parsing, durations and validation.
+
+The files in `configs/` are thin: each names a variant and calls a builder here, so every default
+lives in one place. Arguments come after the colon of `--config=configs/tokenizer_b.py:ARG`, e.g.
+`tokens=32,res=512` or `quick`; any field can then be overridden with `--config.a.b=value`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+# name -> (encoder ViT, decoder ViT). "L-32" as released is BL-shaped (SPEC §1.3).
+TOKENIZER_VARIANTS = {"S": ("S", "S"), "B": ("B", "B"), "BL": ("B", "L"), "L": ("L", "L")}
+TRAINERS = ("tokenizer",)
+DATASETS = ("photos", "folder", "imagenet")
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+  """'tokens=32,res=512,quick' -> ConfigDict; bare names are booleans; types follow `defaults`."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    kind = type(defaults[key])
+    if not _:
+      if kind is not bool:
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      out[key] = True
+    elif kind is bool:
+      out[key] = value.lower() in ("1", "true", "yes", "on")
+    else:
+      try:
+        out[key] = kind(value)
+      except ValueError as e:
+        raise ValueError(f"config argument {key}={value!r} is not a {kind.__name__}") from e
+  return ConfigDict(out)
+
+
+def _vit(variant: str, patch_size: int = 16) -> ConfigDict:
+  return ConfigDict(dict(variant=variant, patch_size=patch_size, depth=0, width=0, heads=0))
+
+
+def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
+  """The SoftVQ tokenizer recipe (SPEC §1.3–1.4) for `variant` in S/B/BL/L.
+
+  Arguments: tokens (32|64), res (256|512), quick (tiny model on the bundled photos, CPU minutes).
+  """
+  if variant not in TOKENIZER_VARIANTS:
+    raise ValueError(
+      f"unknown tokenizer variant {variant!r}; choose from {list(TOKENIZER_VARIANTS)}"
+    )
+  a = parse_arg(arg, tokens=64, res=256, quick=False)
+  if a.tokens not in (32, 64) and not a.quick:
+    raise ValueError(f"tokens={a.tokens}: the released recipes use 32 or 64 latent tokens")
+  if a.res not in (256, 512) and not a.quick:
+    raise ValueError(f"res={a.res}: the recipes are for 256 or 512 px")
+  enc, dec = TOKENIZER_VARIANTS[variant]
+  c = ConfigDict()
+  c.trainer = "tokenizer"
+  c.variant = variant
+  c.seed = 42
+  c.batch_size = 256  # global
+  c.total_epochs = 50.0  # used when total_steps == 0
+  c.total_steps = 0
+  c.log_every = 100
+  c.eval_every = 5000
+  c.image_every = 5000
+  c.max_eval_images = 0  # 0: the whole eval split
+
+  c.model = ConfigDict()
+  c.model.name = "softvq"
+  c.model.image_size = a.res
+  c.model.encoder = _vit(enc)
+  c.model.decoder = _vit(dec)
+  c.model.num_latent_tokens = a.tokens
+  # Latent size is 2048 floats per image either way: 64 x 32 or 32 x 64.
+  c.model.codebook_embed_dim = 2048 // a.tokens
+  c.model.layerscale_init = 1e-5
+  c.model.use_rope = False
+  c.model.rope_theta = 10.0
+  c.model.dec_cls_token = True
+  c.model.to_pixel = "linear"
+  c.model.dtype = "bfloat16"
+  c.model.remat = False
+  c.model.attn_impl = ""
+  c.model.vq_mean = 0.0
+  c.model.vq_std = 1.0
+  # timm-layout DINOv2 safetensors to initialise the encoder from (the released recipe);
+  # empty -> random init (logged).
+  c.model.encoder_init = ""
+
+  c.quantizer = ConfigDict()
+  c.quantizer.name = "softvq"
+  c.quantizer.codebook_size = 8192
+  c.quantizer.num_codebooks = 4
+  c.quantizer.tau = 0.07
+  c.quantizer.l2_norm = True
+  c.quantizer.logit_form = "cosine"
+  c.quantizer.entropy_loss_ratio = 0.01
+  c.quantizer.entropy_temperature = 0.01
+  c.quantizer.commit_beta = 0.25
+  c.quantizer.kl_weight = 1e-6
+
+  c.loss = ConfigDict()
+  c.loss.rec_type = "l2"
+  c.loss.rec_weight = 1.0
+  c.loss.perceptual_weight = 1.0
+  c.loss.perceptual_warmup = 10_000
+  c.loss.lpips_vgg_path = ""
+  c.loss.lpips_lin_path = ""
+  c.loss.random_init = False  # allow random-weight teachers / discriminators (tests, CPU smoke)
+  c.loss.disc = ConfigDict()
+  c.loss.disc.name = "dino"
+  c.loss.disc.weight = 0.2
+  c.loss.disc.start = 20_000
+  c.loss.disc.loss = "hinge"
+  c.loss.disc.gen_loss = "hinge"
+  c.loss.disc.adaptive_weight = False
+  c.loss.disc.dino_path = ""
+  c.loss.disc.diffaug = True
+  c.loss.disc.diffaug_policy = "color,translation,cutout_0.2"
+  c.loss.disc.diffaug_prob = 0.5
+  c.loss.disc.lecam_weight = 0.001
+  c.loss.disc.lecam_decay = 0.999
+  c.loss.disc.cr_weight = 4.0
+  c.loss.disc.cr_policy = "color,translation,cutout_0.5"
+  c.loss.align = ConfigDict()
+  c.loss.align.weight = 0.1
+  c.loss.align.teacher_path = ""
+  c.loss.align.teacher_variant = "L"
+  c.loss.align.mode = "repeat"
+  c.loss.align.proj_dim = 1024
+
+  c.optim = ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = 1e-4  # at batch 256; scaled linearly with the global batch (lr_batch_scaling)
+  c.optim.lr_batch_scaling = True
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = "cosine"
+  c.optim.warmup_epochs = 1.0  # used when warmup_steps == 0
+  c.optim.warmup_steps = 0
+  c.optim.warmup_init_lr = 1e-5  # timm's warmup_lr
+  c.optim.min_lr_ratio = 0.1
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.9999
+  c.optim.grad_accum_steps = 1
+
+  c.data = ConfigDict()
+  c.data.name = "imagenet"
+  c.data.path = ""
+  c.data.eval_path = ""
+  c.data.eval_fraction = 0.1
+  c.data.data_dir = ""
+  c.data.manual_dir = ""
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.file_format = ""
+  c.data.random_crop = True
+  c.data.random_flip = True
+  c.data.num_workers = 8
+  c.data.prefetch = 4
+  c.data.eval_crops = 4
+
+  c.eval = ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.num_images_grid = 8
+
+  c.ckpt = ConfigDict()
+  c.ckpt.save_every = 10_000
+  c.ckpt.keep = 3
+  c.ckpt.keep_every = 50_000
+  c.ckpt.async_save = True
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+
+  if a.quick:
+    _make_quick(c, a)
+  return c
+
+
+def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
+  """A tiny tokenizer on the bundled photos that trains on 2 CPU cores in a few minutes."""
+  c.model.image_size = 64 if a.res == 256 else a.res
+  for part in (c.model.encoder, c.model.decoder):
+    part.variant = "mu"
+    part.patch_size = 8
+    part.depth, part.width, part.heads = 4, 128, 4
+  c.model.num_latent_tokens = 32 if a.tokens == 64 else a.tokens
+  c.model.codebook_embed_dim = 16
+  c.model.dtype = "float32"
+  c.quantizer.codebook_size = 512
+  c.quantizer.num_codebooks = 2
+  c.loss.perceptual_weight = 0.0
+  c.loss.disc.weight = 0.0
+  c.loss.align.weight = 0.0
+  c.batch_size = 16
+  c.total_steps = 1200
+  c.optim.lr = 1e-3
+  c.optim.lr_batch_scaling = False
+  c.optim.warmup_steps = 100
+  c.optim.ema_decay = 0.99
+  c.log_every = 50
+  c.eval_every = 300
+  c.image_every = 300
+  c.data.name = "photos"
+  c.data.num_workers = 2
+  c.data.prefetch = 2
+  c.eval.batch_size = 8
+  c.ckpt.save_every = 300
+  c.ckpt.keep_every = 0
+
+
+def steps_from(config: ConfigDict, num_examples: int | None) -> tuple[int, int]:
+  """(total_steps, warmup_steps) from steps or epochs; epochs need the dataset size."""
+
+  def to_steps(steps: int, epochs: float, what: str) -> int:
+    if steps:
+      return int(steps)
+    if not num_examples:
+      raise ValueError(
+        f"{what} is given in epochs but the dataset size is unknown; set it in steps"
+      )
+    return int(math.ceil(epochs * num_examples / config.batch_size))
+
+  total = to_steps(config.total_steps, config.total_epochs, "total_epochs")
+  warmup = to_steps(config.optim.warmup_steps, config.optim.warmup_epochs, "optim.warmup_epochs")
+  return total, min(warmup, total)
+
+
+def learning_rate(config: ConfigDict) -> float:
+  """Peak learning rate, scaled linearly with the global batch (reference: lr * batch / 256)."""
+  scale = config.batch_size / 256 if config.optim.lr_batch_scaling else 1.0
+  return config.optim.lr * scale
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; raised before anything compiles."""
+
+
+def validate(config: ConfigDict) -> None:
+  """Checks the whole config; raises ConfigError naming the key and the fix."""
+
+  def need(cond: bool, msg: str):
+    if not cond:
+      raise ConfigError(msg)
+
+  need(config.get("trainer") in TRAINERS, f"trainer={config.get('trainer')!r}; known: {TRAINERS}")
+  need(config.batch_size > 0, f"batch_size={config.batch_size} must be positive")
+  need(config.total_steps >= 0, "total_steps must be >= 0 (0: use total_epochs)")
+  need(config.total_steps > 0 or config.total_epochs > 0, "set total_steps or total_epochs > 0")
+  for key in ("log_every", "eval_every", "image_every"):
+    need(config[key] > 0, f"{key}={config[key]} must be positive")
+  o = config.optim
+  need(o.name in ("adamw", "adam"), f"optim.name={o.name!r}; use 'adamw' or 'adam'")
+  need(o.lr > 0, f"optim.lr={o.lr} must be positive")
+  need(o.schedule in ("cosine", "constant"), f"optim.schedule={o.schedule!r}; cosine|constant")
+  need(0 <= o.ema_decay < 1, f"optim.ema_decay={o.ema_decay} must be in [0, 1)")
+  need(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+  need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+  need(o.grad_accum_steps >= 1, "optim.grad_accum_steps must be >= 1")
+  need(
+    config.batch_size % o.grad_accum_steps == 0,
+    f"batch_size={config.batch_size} must be divisible by optim.grad_accum_steps",
+  )
+  need(config.data.name in DATASETS, f"data.name={config.data.name!r}; known: {DATASETS}")
+  if config.data.name == "folder":
+    need(bool(config.data.path), "data.name='folder' needs --config.data.path=/path/to/images")
+  need(config.mesh.fsdp >= 1, "mesh.fsdp must be >= 1")
+  if config.trainer == "tokenizer":
+    from softvq_jax.models.factory import validate_tokenizer_config
+
+    try:
+      validate_tokenizer_config(config.model, config.quantizer)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    need(config.loss.rec_type in ("l2", "l1"), f"loss.rec_type={config.loss.rec_type!r}; l2|l1")

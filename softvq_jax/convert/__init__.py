@@ -1,0 +1,1 @@
+"""Converters between the reference (PyTorch/timm/safetensors) layouts and Flax parameters."""

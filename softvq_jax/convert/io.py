@@ -1,0 +1,105 @@
+"""Reading and writing weight files in their published formats, without torch where possible.
+
+`.safetensors` is read with safetensors' numpy API, `.npz` with numpy; `.pth`/`.pt`/`.bin` (torch
+pickles) need torch, which is optional: the error says how to convert them once.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class WeightFileError(FileNotFoundError):
+  """A configured weight file is missing or unreadable; the message names the file and the fix."""
+
+
+def require_file(path: str | os.PathLike, what: str, config_key: str | None = None) -> pathlib.Path:
+  """Returns `path` as a Path, or raises WeightFileError naming the file, what it is and the key."""
+  p = pathlib.Path(os.path.expanduser(str(path))) if path else None
+  if p is None or not p.is_file():
+    where = f" (config key `{config_key}`)" if config_key else ""
+    shown = str(path) if path else "<empty path>"
+    raise WeightFileError(
+      f"{what}: file {shown!r} not found{where}. Nothing is downloaded at run time: download the "
+      f"published file yourself and point{where or ' the path'} at it"
+      + (f", or set `{config_key}` to a valid path." if config_key else ".")
+    )
+  return p
+
+
+def load_state_dict(path: str | os.PathLike, what: str = "weights", config_key: str | None = None):
+  """Loads {key: np.ndarray} from .safetensors, .npz or (with torch installed) .pth/.pt/.bin."""
+  p = require_file(path, what, config_key)
+  suffix = p.suffix.lower()
+  try:
+    if suffix == ".safetensors":
+      from safetensors.numpy import load_file
+
+      return dict(load_file(str(p)))
+    if suffix == ".npz":
+      with np.load(p, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+      return _load_torch(p)
+  except WeightFileError:
+    raise
+  except Exception as e:  # corrupt or truncated files
+    raise WeightFileError(f"{what}: could not read {str(p)!r} ({type(e).__name__}: {e}).") from e
+  raise WeightFileError(
+    f"{what}: unsupported weight file extension {suffix!r} for {str(p)!r}; "
+    "use .safetensors, .npz, or .pth/.pt/.bin (needs torch)."
+  )
+
+
+def _load_torch(p: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError as e:
+    raise WeightFileError(
+      f"{str(p)!r} is a torch pickle and torch is not installed. Either `pip install torch` or "
+      'convert it once elsewhere: python -c "import torch, safetensors.torch as st; '
+      "sd = torch.load('IN.pth', map_location='cpu'); "
+      "st.save_file({k: v.contiguous() for k, v in sd.items()}, 'OUT.safetensors')\""
+    ) from e
+  obj = torch.load(str(p), map_location="cpu", weights_only=True)
+  for key in ("state_dict", "model", "module"):  # common wrappers
+    if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+      obj = obj[key]
+  return {
+    k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()
+  }
+
+
+def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+  """Writes {key: array} as safetensors (contiguous copies), creating parent folders."""
+  from safetensors.numpy import save_file
+
+  p = pathlib.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(p))
+
+
+# PyTorch -> Flax layout. Linear weight (out, in) -> kernel (in, out); ConvNd O I *K -> *K I O.
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+  return np.asarray(w).T
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+  w = np.asarray(w)
+  return np.transpose(w, tuple(range(2, w.ndim)) + (1, 0))
+
+
+def linear_weight(kernel: np.ndarray) -> np.ndarray:
+  """Flax kernel (in, out) -> PyTorch Linear weight (out, in)."""
+  return np.asarray(kernel).T
+
+
+def conv_weight(kernel: np.ndarray) -> np.ndarray:
+  """Flax conv kernel (*K, I, O) -> PyTorch (O, I, *K)."""
+  k = np.asarray(kernel)
+  n = k.ndim - 2
+  return np.transpose(k, (n + 1, n) + tuple(range(n)))

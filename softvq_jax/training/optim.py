@@ -1,0 +1,91 @@
+"""Optimizers and learning-rate schedules (SPEC §1.4 tokenizer, §2.2 generators)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def lr_schedule(
+  peak_lr: float,
+  total_steps: int,
+  warmup_steps: int,
+  *,
+  kind: str = "cosine",
+  warmup_init_lr: float = 0.0,
+  min_lr_ratio: float = 0.0,
+):
+  """Linear warm-up from `warmup_init_lr`, then cosine to `min_lr_ratio * peak_lr` (or constant).
+
+  As timm's CosineLRScheduler (warmup_prefix=False, stepped per update), the cosine is evaluated
+  at the absolute step over `total_steps`, so it continues from where the warm-up ends.
+  """
+  min_lr = peak_lr * min_lr_ratio
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = warmup_init_lr + (peak_lr - warmup_init_lr) * step / max(warmup_steps, 1)
+    if kind == "constant":
+      main = jnp.full_like(step, peak_lr)
+    else:
+      frac = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+      main = min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + jnp.cos(math.pi * frac))
+    return jnp.where(step < warmup_steps, warm, main)
+
+  return schedule
+
+
+def decay_mask(params):
+  """Weight decay on matrices only: no decay on biases and 1-D params (norm scales, gammas)."""
+
+  def keep(path, x):
+    name = str(getattr(path[-1], "key", path[-1]))
+    return x.ndim > 1 and name != "bias"
+
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(
+  name: str,
+  schedule,
+  *,
+  b1: float,
+  b2: float,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  grad_clip: float = 0.0,
+) -> optax.GradientTransformation:
+  """Grad-norm clipping then AdamW (decay masked) or Adam (the reference as shipped: no decay)."""
+  if name == "adamw":
+    opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+  elif name == "adam":
+    opt = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
+  else:
+    raise ValueError(f"unknown optimizer {name!r}; use 'adamw' or 'adam'")
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  return optax.chain(*parts, opt)
+
+
+def optimizer_from_config(optim_cfg, peak_lr: float, total_steps: int, warmup_steps: int):
+  """(optimizer, schedule) from an `optim` config section."""
+  schedule = lr_schedule(
+    peak_lr,
+    total_steps,
+    warmup_steps,
+    kind=optim_cfg.schedule,
+    warmup_init_lr=min(optim_cfg.get("warmup_init_lr", 0.0), peak_lr),
+    min_lr_ratio=optim_cfg.get("min_lr_ratio", 0.0),
+  )
+  tx = make_optimizer(
+    optim_cfg.name,
+    schedule,
+    b1=optim_cfg.b1,
+    b2=optim_cfg.b2,
+    eps=optim_cfg.eps,
+    weight_decay=optim_cfg.weight_decay,
+    grad_clip=optim_cfg.grad_clip,
+  )
+  return tx, schedule

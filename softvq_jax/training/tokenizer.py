@@ -1,0 +1,167 @@
+"""The tokenizer trainer: reconstruction + quantizer objective on top of the generic loop."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from softvq_jax import configlib
+from softvq_jax.evaluation import image_metrics
+from softvq_jax.models.factory import build_tokenizer
+from softvq_jax.training import loop, optim
+from softvq_jax.training.train_state import TrainState, ema_update
+from softvq_jax.utils import images as image_utils
+
+# Loss terms of the full recipe that this trainer does not compute yet. Configs that enable them
+# stop with an error instead of silently training a different objective.
+_UNWIRED_TERMS = (
+  ("loss.perceptual_weight", lambda c: c.loss.perceptual_weight),
+  ("loss.disc.weight", lambda c: c.loss.disc.weight),
+  ("loss.align.weight", lambda c: c.loss.align.weight),
+)
+
+
+def reconstruction_loss(x: jax.Array, x_rec: jax.Array, kind: str) -> jax.Array:
+  """Mean squared ('l2') or absolute ('l1') error, in float32."""
+  diff = x_rec.astype(jnp.float32) - x.astype(jnp.float32)
+  return jnp.mean(jnp.square(diff)) if kind == "l2" else jnp.mean(jnp.abs(diff))
+
+
+def accumulate_gradients(grad_fn, params, batch: dict, rng: jax.Array, steps: int):
+  """Averages (aux, grads) of `grad_fn(params, batch, rng)` over `steps` micro-batches (a scan)."""
+  if steps == 1:
+    return grad_fn(params, batch, rng)
+  micro = jax.tree.map(lambda x: x.reshape(steps, x.shape[0] // steps, *x.shape[1:]), batch)
+
+  def body(carry, inputs):
+    i, mb = inputs
+    aux, grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    return jax.tree.map(jnp.add, carry, (aux, grads)), None
+
+  zero = jax.tree.map(
+    jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+  )
+  (aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(steps), micro))
+  scale = lambda path, x: x if str(path[-1]).endswith("_counts']") else x / steps
+  aux = jax.tree_util.tree_map_with_path(scale, aux)
+  return aux, jax.tree.map(lambda g: g / steps, grads)
+
+
+class TokenizerTask(loop.Task):
+  """SoftVQ (or VQ/KL/AE) tokenizer with EMA, AdamW + warm-up/cosine and grad clipping."""
+
+  def __init__(self, config, mesh, total_steps, warmup_steps):
+    super().__init__(config, mesh, total_steps, warmup_steps)
+    enabled = [k for k, get in _UNWIRED_TERMS if get(config)]
+    if enabled:
+      raise NotImplementedError(
+        f"{', '.join(enabled)} > 0, but the perceptual/adversarial/alignment losses are not "
+        "wired into the tokenizer trainer yet. Set them to 0 explicitly (e.g. "
+        "--config.loss.perceptual_weight=0) to train with reconstruction + quantizer losses only."
+      )
+    self.model = build_tokenizer(config.model, config.quantizer)
+    self.peak_lr = configlib.learning_rate(config)
+    self.tx, self.schedule = optim.optimizer_from_config(
+      config.optim, self.peak_lr, total_steps, warmup_steps
+    )
+    self.codebook_size = config.quantizer.codebook_size
+
+  # --- pure ---------------------------------------------------------------------------------
+  def init_state(self, rng):
+    init_rng, sample_rng, state_rng = jax.random.split(rng, 3)
+    s = self.config.model.image_size
+    x = jnp.zeros((1, s, s, 3), jnp.float32)
+    params = self.model.init({"params": init_rng, "sample": sample_rng}, x)["params"]
+    return TrainState.create(params, self.tx, state_rng)
+
+  def _loss(self, params, batch, rng):
+    x = batch["image"]
+    x_rec, aux = self.model.apply({"params": params}, x, train=True, rngs={"sample": rng})
+    rec = reconstruction_loss(x, x_rec, self.config.loss.rec_type)
+    loss = self.config.loss.rec_weight * rec + aux["quantizer_loss"]
+    metrics = {"loss": loss, "rec_loss": rec, "quantizer_loss": aux["quantizer_loss"]}
+    metrics.update({f"quantizer/{k}": v for k, v in aux.get("metrics", {}).items()})
+    if "code_counts" in aux:
+      metrics["code_counts"] = aux["code_counts"]
+    return loss, metrics
+
+  def train_step(self, state, batch):
+    rng = state.step_key()
+
+    def grad_fn(params, mb, key):
+      (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, key)
+      return metrics, grads
+
+    metrics, grads = accumulate_gradients(
+      grad_fn, state.params, batch, rng, self.config.optim.grad_accum_steps
+    )
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
+    metrics["grad_norm"] = optim_global_norm(grads)
+    metrics["lr"] = self.schedule(state.step)
+    new_state = state.replace(
+      step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  def window_metrics(self, sums):
+    if "code_counts" not in sums:
+      return {}
+    counts = sums["code_counts"]  # (nc, K)
+    return {
+      "quantizer/codebook_usage_window": float(
+        np.mean(np.count_nonzero(counts, -1)) / counts.shape[-1]
+      )
+    }
+
+  # --- host-side evaluation -------------------------------------------------------------------
+  @functools.cached_property
+  def _reconstruct(self):
+    return jax.jit(lambda params, x: self.model.apply({"params": params}, x))
+
+  def reconstruct(self, params, images: np.ndarray) -> np.ndarray:
+    return np.asarray(self._reconstruct(params, jnp.asarray(images))[0])
+
+  def evaluate(self, state, eval_data, step):
+    """PSNR/SSIM (uint8, data range 255, as the reference) and MSE in [-1, 1] on the eval split."""
+    out = {}
+    for prefix, params in (("ema", state.ema_params), ("raw", state.params)):
+      psnrs, ssims, mses = [], [], []
+      seen = 0
+      for batch in eval_data.iterator():
+        mask = np.asarray(batch["mask"], bool)
+        x = np.asarray(batch["image"], np.float32)
+        rec = self.reconstruct(params, x)
+        xu8, ru8 = image_metrics.to_uint8(x), image_metrics.to_uint8(rec)
+        psnrs.append(np.asarray(image_metrics.psnr(xu8, ru8, 255.0))[mask])
+        ssims.append(np.asarray(image_metrics.ssim(xu8, ru8, 255.0))[mask])
+        mses.append(np.mean((np.clip(rec, -1, 1) - x) ** 2, axis=(1, 2, 3))[mask])
+        seen += int(mask.sum())
+        if self.config.max_eval_images and seen >= self.config.max_eval_images:
+          break
+      out[f"eval/{prefix}_psnr"] = float(np.mean(np.concatenate(psnrs)))
+      out[f"eval/{prefix}_ssim"] = float(np.mean(np.concatenate(ssims)))
+      out[f"eval/{prefix}_mse"] = float(np.mean(np.concatenate(mses)))
+    return out
+
+  def images(self, state, eval_data, step):
+    batch = next(iter(eval_data.iterator()))
+    n = int(min(self.config.eval.num_images_grid, np.asarray(batch["mask"]).sum()))
+    x = np.asarray(batch["image"][:n], np.float32)
+    rec = np.clip(self.reconstruct(state.ema_params, x), -1, 1)
+    return {"reconstruction": image_utils.side_by_side(x, rec, ncols=4)}
+
+
+def optim_global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def train(config, workdir):
+  """Entry point used by main: the tokenizer task in the generic loop."""
+  logging.info("Tokenizer %s, quantizer %s", config.get("variant", "?"), config.quantizer.name)
+  return loop.train(TokenizerTask, config, workdir)

@@ -1,0 +1,149 @@
+"""The tokenizer trainer: sharded steps (1 vs 8 devices), end-to-end loop, resume, fail-fast."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from softvq_jax import checkpointing, configlib, data, sharding
+from softvq_jax.training import loop
+from softvq_jax.training.tokenizer import TokenizerTask
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def tiny_config(**overrides):
+  c = configlib.tokenizer_config("B", "quick")
+  c.model.image_size = 32
+  for part in (c.model.encoder, c.model.decoder):
+    part.variant, part.patch_size, part.depth, part.width, part.heads = "mu", 8, 1, 32, 2
+  c.model.num_latent_tokens, c.model.codebook_embed_dim = 8, 4
+  c.quantizer.codebook_size, c.quantizer.num_codebooks = 16, 2
+  c.batch_size, c.total_steps = 8, 4
+  c.optim.warmup_steps = 2
+  c.log_every = c.eval_every = c.image_every = 2
+  c.ckpt.save_every, c.ckpt.async_save = 2, False
+  c.eval.batch_size, c.data.eval_crops = 4, 1
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  configlib.validate(c)
+  return c
+
+
+def _batches(config, n):
+  d = data.build_train_data(
+    config.data,
+    image_size=config.model.image_size,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    process_index=0,
+    process_count=1,
+  )
+  it = d.iterator(0)
+  out = [next(it) for _ in range(n)]
+  if hasattr(it, "close"):
+    it.close()
+  return out
+
+
+def _run_steps(config, devices, batches):
+  mesh = sharding.make_mesh(devices=devices)
+  task = TokenizerTask(config, mesh, total_steps=10, warmup_steps=2)
+  abstract = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
+  shardings = sharding.param_shardings(abstract, mesh, min_fsdp_size=1)
+  state = jax.jit(task.init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
+  step = jax.jit(task.train_step, out_shardings=(shardings, sharding.replicated(mesh)))
+  losses = []
+  for b in batches:
+    state, metrics = step(state, sharding.global_batch(b, mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("fsdp", [1, 2])
+def test_one_and_eight_devices_give_the_same_steps(fsdp):
+  config = tiny_config(**{"mesh.fsdp": fsdp})
+  batches = _batches(config, 3)
+  losses1, params1 = _run_steps(config, jax.devices()[:1], batches)
+  config8 = tiny_config(**{"mesh.fsdp": fsdp})
+  mesh_devices = jax.devices()
+  losses8, params8 = _run_steps(config8, mesh_devices, batches)
+  np.testing.assert_allclose(losses1, losses8, rtol=2e-5)
+  assert losses1[-1] != losses1[0]
+  for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params8), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_accumulation_matches_full_batch():
+  batches = _batches(tiny_config(), 1)
+  full, _ = _run_steps(tiny_config(), jax.devices()[:1], batches)
+  accum, _ = _run_steps(tiny_config(**{"optim.grad_accum_steps": 2}), jax.devices()[:1], batches)
+  np.testing.assert_allclose(full, accum, rtol=1e-3)
+
+
+def _params_of(workdir, config):
+  mngr = checkpointing.CheckpointManager(workdir, async_save=False)
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  task = TokenizerTask(config, mesh, total_steps=config.total_steps, warmup_steps=2)
+  abstract = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
+  sh = sharding.param_shardings(abstract, mesh)
+  state, _ = mngr.restore(checkpointing.abstract_like(abstract, sh))
+  mngr.close()
+  return int(state.step), jax.device_get(state.params)
+
+
+def test_loop_writes_outputs_and_resumes_exactly(tmp_path):
+  straight = tmp_path / "straight"
+  summary = loop.train(TokenizerTask, tiny_config(total_steps=6), str(straight))
+  assert summary["final_eval"]["step"] == 6
+  assert {"eval/ema_psnr", "eval/ema_ssim", "eval/ema_mse"} <= set(summary["final_eval"])
+  assert (straight / "eval_summary.json").exists() and (straight / "checkpoints").is_dir()
+  assert (
+    sorted(p.name for p in (straight / "images").glob("*.png"))[-1] == "reconstruction_0000006.png"
+  )
+  assert list(straight.glob("events.out.tfevents.*"))
+
+  # Interrupted run: 4 steps, then the same command with more steps continues from step 4.
+  resumed = tmp_path / "resumed"
+  loop.train(TokenizerTask, tiny_config(total_steps=4), str(resumed))
+  loop.train(TokenizerTask, tiny_config(total_steps=6), str(resumed))
+  steps = [json.loads(line)["step"] for line in (resumed / "eval_history.jsonl").open()]
+  assert steps == [2, 4, 6]  # no step was trained twice
+  step_a, params_a = _params_of(straight, tiny_config(total_steps=6))
+  step_b, params_b = _params_of(resumed, tiny_config(total_steps=6))
+  assert step_a == step_b == 6
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_unwired_loss_terms_fail_fast():
+  config = tiny_config(**{"loss.perceptual_weight": 1.0})
+  with pytest.raises(NotImplementedError, match="perceptual_weight"):
+    TokenizerTask(config, sharding.make_mesh(), 10, 1)
+
+
+def test_full_recipe_without_imagenet_fails_fast(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "softvq_jax.main",
+      "--config=configs/tokenizer_b.py",
+      f"--workdir={tmp_path}/run",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode != 0
+  assert "imagenet" in (proc.stderr + proc.stdout).lower()
+  assert not (tmp_path / "run" / "checkpoints").exists()
