@@ -68,6 +68,7 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.batch_size = 256  # global
   c.total_epochs = 50.0  # used when total_steps == 0
   c.total_steps = 0
+  c.stop_after = 0  # >0: stop (with a checkpoint) after this step, e.g. to split a run into jobs
   c.log_every = 100
   c.eval_every = 5000
   c.image_every = 5000
@@ -259,6 +260,7 @@ def validate(config: ConfigDict) -> None:
   need(config.batch_size > 0, f"batch_size={config.batch_size} must be positive")
   need(config.total_steps >= 0, "total_steps must be >= 0 (0: use total_epochs)")
   need(config.total_steps > 0 or config.total_epochs > 0, "set total_steps or total_epochs > 0")
+  need(config.get("stop_after", 0) >= 0, "stop_after must be >= 0 (0: run to the end)")
   for key in ("log_every", "eval_every", "image_every"):
     need(config[key] > 0, f"{key}={config[key]} must be positive")
   o = config.optim

@@ -11,6 +11,7 @@ import abc
 import json
 import pathlib
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -46,8 +47,15 @@ class Task(abc.ABC):
     """Host-side changes to a fresh (not resumed) state, e.g. loading pretrained weights."""
     return state
 
+  def frozen_params(self) -> Any:
+    """Frozen networks' weights (teachers, LPIPS, the tokenizer for generators), or None.
+
+    Passed to every step as a jit argument (replicated), never closed over or checkpointed.
+    """
+    return None
+
   @abc.abstractmethod
-  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
     """One optimisation step (pure). Metrics: f32 scalars; keys ending in `_counts` are summed."""
 
   def sharding_rules(self) -> list:
@@ -147,9 +155,10 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
   start_step = int(jax.device_get(state.step))
 
   batch_sharding = sharding.batch_sharding(mesh)
+  frozen = jax.device_put(task.frozen_params(), sharding.replicated(mesh))
   step_fn = jax.jit(
     task.train_step,
-    in_shardings=(state_shardings, batch_sharding),
+    in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnums=(0,),
   )
@@ -179,16 +188,17 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
 
   batches = train_data.iterator(start_step)
   step = start_step
+  last_step = min(total_steps, config.get("stop_after", 0) or total_steps)
   t0 = time.time()
   try:
-    for step in range(start_step + 1, total_steps + 1):
+    for step in range(start_step + 1, last_step + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.global_batch(next(batches), mesh)
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch, frozen)
       history.append(metrics)
       for hook in hooks:
         hook(step)
-      if step % config.log_every == 0 or step == total_steps:
+      if step % config.log_every == 0 or step == last_step:
         means, sums = _reduce(history)
         history = []
         bad = [k for k, v in means.items() if not np.isfinite(v)]
@@ -199,16 +209,16 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
           )
         means.update(task.window_metrics(sums))
         writer.write_scalars(step, means)
-      if ckpt.should_save(step) and step != total_steps:
+      if ckpt.should_save(step) and step != last_step:
         ckpt.save(step, state, config=config, data_state={"next_step": step})
-      if step % config.eval_every == 0 or step == total_steps:
+      if step % config.eval_every == 0 or step == last_step:
         run_eval(step)
-      if step % config.image_every == 0 or step == total_steps:
+      if step % config.image_every == 0 or step == last_step:
         run_images(step)
   finally:
     batches.close() if hasattr(batches, "close") else None
-  if step == total_steps and ckpt.latest_step() != total_steps:
-    ckpt.save(total_steps, state, config=config, data_state={"next_step": total_steps}, force=True)
+  if step > start_step and ckpt.latest_step() != step:
+    ckpt.save(step, state, config=config, data_state={"next_step": step}, force=True)
   ckpt.close()
   writer.flush()
   logging.info("Done %d steps in %.1fs", step - start_step, time.time() - t0)

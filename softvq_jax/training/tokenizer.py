@@ -89,7 +89,7 @@ class TokenizerTask(loop.Task):
       metrics["code_counts"] = aux["code_counts"]
     return loss, metrics
 
-  def train_step(self, state, batch):
+  def train_step(self, state, batch, frozen=None):
     rng = state.step_key()
 
     def grad_fn(params, mb, key):

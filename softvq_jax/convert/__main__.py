@@ -1,0 +1,108 @@
+"""Command-line converters between released reference checkpoints and softvq_jax model dirs.
+
+  python -m softvq_jax.convert tokenizer --config config.json --weights model.safetensors --out DIR
+  python -m softvq_jax.convert tokenizer-to-reference --checkpoint DIR --out model.safetensors
+
+Weights are read with `softvq_jax.convert.io.load_state_dict` (safetensors/npz; no torch needed);
+model dirs are written/read with `softvq_jax.checkpointing.save_model` / `load_model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import sys
+
+from absl import logging
+
+
+def main_tokenizer(args: argparse.Namespace) -> pathlib.Path:
+  """Reference config.json + weights -> an exported model dir (params + config.json)."""
+  from softvq_jax import checkpointing
+  from softvq_jax.convert import io
+  from softvq_jax.convert.reference_config import reference_to_model_config
+  from softvq_jax.convert.tokenizer import infer_quantizer_name, tokenizer_from_reference
+
+  cfg_path = io.require_file(args.config, "reference tokenizer config", "--config")
+  ref_config = json.loads(cfg_path.read_text())
+  state_dict = io.load_state_dict(args.weights, "reference tokenizer weights", "--weights")
+  _, params = tokenizer_from_reference(ref_config, state_dict)
+  config = reference_to_model_config(ref_config, infer_quantizer_name(ref_config, state_dict))
+  config["reference_config"] = ref_config
+  out = checkpointing.save_model(args.out, params, config, overwrite=args.overwrite)
+  print(f"wrote {out}")
+  return out
+
+
+def main_tokenizer_to_reference(args: argparse.Namespace) -> pathlib.Path:
+  """Exported model dir -> reference safetensors + config.json beside it."""
+  from softvq_jax import checkpointing
+  from softvq_jax.convert import io
+  from softvq_jax.convert.reference_config import model_to_reference_config
+  from softvq_jax.convert.tokenizer import tokenizer_to_reference
+
+  params, config = checkpointing.load_model(args.checkpoint)
+  ref_config = config.get("reference_config")
+  if ref_config:  # the original reference config, with the (possibly re-measured) latent stats
+    ref_config = json.loads(json.dumps(ref_config))
+    args_ = ref_config.get("model_args", ref_config)
+    for key in ("vq_mean", "vq_std"):
+      if key in config["model"]:
+        args_[key] = config["model"][key]
+  else:
+    ref_config = model_to_reference_config(config)
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  io.save_safetensors(tokenizer_to_reference(params, ref_config), out)
+  cfg_out = out.parent / "config.json"
+  cfg_out.write_text(json.dumps(ref_config, indent=2))
+  print(f"wrote {out} and {cfg_out}")
+  return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="python -m softvq_jax.convert",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("tokenizer", help="reference SoftVQ checkpoint -> softvq_jax model dir")
+  p.add_argument("--config", required=True, help="reference config.json (HF SoftVQVAE/* repo)")
+  p.add_argument("--weights", required=True, help="model.safetensors (or .npz)")
+  p.add_argument("--out", required=True, help="output model directory")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=main_tokenizer)
+  p = sub.add_parser("tokenizer-to-reference", help="softvq_jax model dir -> reference safetensors")
+  p.add_argument("--checkpoint", required=True, help="model dir written by save_model")
+  p.add_argument("--out", required=True, help="output .safetensors (config.json goes beside it)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=main_tokenizer_to_reference)
+  if importlib.util.find_spec("softvq_jax.convert.sit") is not None:
+    from softvq_jax.convert import sit
+
+    if hasattr(sit, "main_sit"):
+      p = sub.add_parser("sit", help="reference SiT checkpoint -> softvq_jax model dir")
+      if hasattr(sit, "add_arguments"):
+        sit.add_arguments(p)
+      else:
+        p.add_argument("--config", required=True, help="reference SiT config.json")
+        p.add_argument("--weights", required=True, help="model.safetensors (or .npz)")
+        p.add_argument("--out", required=True, help="output model directory")
+        p.add_argument("--overwrite", action="store_true")
+      p.set_defaults(func=sit.main_sit)
+  return parser
+
+
+def main(argv: list[str] | None = None):
+  """Parses `argv` (default sys.argv[1:]) and runs the chosen subcommand; returns its result."""
+  logging.set_verbosity(logging.INFO)
+  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  main()
