@@ -1,4 +1,9 @@
-"""The tokenizer trainer: reconstruction + quantizer objective on top of the generic loop."""
+"""The tokenizer trainer (SPEC §1.4) on top of the generic loop.
+
+L_G = rec_weight * rec + quantizer terms + w_d(t) * adaptive * g_adv, and a discriminator step on
+the same (stop-gradient) reconstructions, both in one jitted step. The discriminator state lives
+in `state.extra["disc"]` (see losses/gan_state.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from absl import logging
 
 from softvq_jax import configlib
 from softvq_jax.evaluation import image_metrics
+from softvq_jax.losses import adversarial, gan_state
+from softvq_jax.models import discriminators
 from softvq_jax.models.factory import build_tokenizer
 from softvq_jax.training import loop, optim
 from softvq_jax.training.train_state import TrainState, ema_update
@@ -20,7 +27,6 @@ from softvq_jax.utils import images as image_utils
 # stop with an error instead of silently training a different objective.
 _UNWIRED_TERMS = (
   ("loss.perceptual_weight", lambda c: c.loss.perceptual_weight),
-  ("loss.disc.weight", lambda c: c.loss.disc.weight),
   ("loss.align.weight", lambda c: c.loss.align.weight),
 )
 
@@ -59,53 +65,119 @@ class TokenizerTask(loop.Task):
     enabled = [k for k, get in _UNWIRED_TERMS if get(config)]
     if enabled:
       raise NotImplementedError(
-        f"{', '.join(enabled)} > 0, but the perceptual/adversarial/alignment losses are not "
+        f"{', '.join(enabled)} > 0, but the perceptual (LPIPS) and alignment losses are not "
         "wired into the tokenizer trainer yet. Set them to 0 explicitly (e.g. "
-        "--config.loss.perceptual_weight=0) to train with reconstruction + quantizer losses only."
+        "--config.loss.perceptual_weight=0 --config.loss.align.weight=0) to train without them."
       )
     self.model = build_tokenizer(config.model, config.quantizer)
     self.peak_lr = configlib.learning_rate(config)
     self.tx, self.schedule = optim.optimizer_from_config(
       config.optim, self.peak_lr, total_steps, warmup_steps
     )
-    self.codebook_size = config.quantizer.codebook_size
+    self.adv = adversarial.AdvLossConfig.from_config(config.loss.disc)
+    self.use_gan = config.loss.disc.weight > 0
+    if self.use_gan:
+      if config.optim.grad_accum_steps > 1:
+        raise NotImplementedError(
+          "optim.grad_accum_steps > 1 together with the GAN loss (loss.disc.weight > 0) is not "
+          "supported yet"
+        )
+      self.disc = gan_state.build(config.loss.disc)
+      # The discriminator has its own optimizer with the same hyper-parameters (reference).
+      self.disc_tx, _ = optim.optimizer_from_config(
+        config.optim, self.peak_lr, total_steps, warmup_steps
+      )
 
   # --- pure ---------------------------------------------------------------------------------
   def init_state(self, rng):
-    init_rng, sample_rng, state_rng = jax.random.split(rng, 3)
+    init_rng, sample_rng, state_rng, disc_rng = jax.random.split(rng, 4)
     s = self.config.model.image_size
     x = jnp.zeros((1, s, s, 3), jnp.float32)
     params = self.model.init({"params": init_rng, "sample": sample_rng}, x)["params"]
-    return TrainState.create(params, self.tx, state_rng)
+    extra = {}
+    if self.use_gan:
+      xd = jnp.zeros((2, s, s, 3), jnp.float32)
+      extra["disc"] = gan_state.init(self.disc, disc_rng, xd, self.disc_tx, self.frozen_params())
+    return TrainState.create(params, self.tx, state_rng, extra=extra)
 
-  def _loss(self, params, batch, rng):
+  def _forward(self, params, x, key):
+    return self.model.apply({"params": params}, x, train=True, rngs={"sample": key})
+
+  def _nll(self, x, x_rec):
+    return self.config.loss.rec_weight * reconstruction_loss(x, x_rec, self.config.loss.rec_type)
+
+  def _loss(self, params, batch, rng, disc=None, disc_apply=None, step=None):
+    """Generator loss; with a discriminator also returns its statistics after the G pass."""
     x = batch["image"]
-    x_rec, aux = self.model.apply({"params": params}, x, train=True, rngs={"sample": rng})
+    k_model, k_adv = jax.random.split(rng)
+    x_rec, aux = self._forward(params, x, k_model)
     rec = reconstruction_loss(x, x_rec, self.config.loss.rec_type)
-    loss = self.config.loss.rec_weight * rec + aux["quantizer_loss"]
-    metrics = {"loss": loss, "rec_loss": rec, "quantizer_loss": aux["quantizer_loss"]}
+    loss = self._nll(x, x_rec) + aux["quantizer_loss"]
+    metrics = {"rec_loss": rec, "quantizer_loss": aux["quantizer_loss"]}
     metrics.update({f"quantizer/{k}": v for k, v in aux.get("metrics", {}).items()})
     if "code_counts" in aux:
       metrics["code_counts"] = aux["code_counts"]
-    return loss, metrics
+    stats = None
+    if disc is not None:
+      g_adv, (stats, m) = adversarial.generator_adv_loss(
+        disc["params"], disc["stats"], disc_apply, x_rec, k_adv, self.adv
+      )
+      w = adversarial.disc_weight_at(step, self.adv.start, self.adv.weight)
+      if self.config.loss.disc.adaptive_weight:
+        w = w * jax.lax.stop_gradient(
+          self._adaptive_weight(params, x, k_model, k_adv, disc, disc_apply)
+        )
+      loss = loss + w * g_adv
+      metrics.update({f"gan/{k}": v for k, v in m.items()})
+      metrics["gan/g_weight"] = w
+    metrics["loss"] = loss
+    return loss, (metrics, x_rec, stats)
+
+  def _adaptive_weight(self, params, x, k_model, k_adv, disc, disc_apply):
+    """||grad nll|| / ||grad g_adv|| at the last decoder layer (two extra backward passes)."""
+
+    def nll_fn(p):
+      return self._nll(x, self._forward(p, x, k_model)[0])
+
+    def adv_fn(p):
+      x_rec = self._forward(p, x, k_model)[0]
+      return adversarial.generator_adv_loss(
+        disc["params"], disc["stats"], disc_apply, x_rec, k_adv, self.adv
+      )[0]
+
+    return gan_state.last_layer_weight(nll_fn, adv_fn, params, self.model.last_layer)
 
   def train_step(self, state, batch, frozen=None):
     rng = state.step_key()
+    k_g, k_d = jax.random.split(rng)
+    step = state.step + 1  # 1-based, as the reference's global_step
+    extra = dict(state.extra)
+    if self.use_gan:
+      disc_apply = discriminators.make_disc_apply(self.disc, frozen=frozen)
+      (_, (metrics, x_rec, stats)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+        state.params, batch, k_g, extra["disc"], disc_apply, step
+      )
+      disc = dict(extra["disc"], stats=stats)
+      extra["disc"], d_metrics = gan_state.update(
+        disc, disc_apply, self.disc_tx, batch["image"], x_rec, k_d, step, self.adv
+      )
+      metrics.update({f"gan/{k}": v for k, v in d_metrics.items()})
+    else:
 
-    def grad_fn(params, mb, key):
-      (_, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, key)
-      return metrics, grads
+      def grad_fn(params, mb, key):
+        (_, (m, _, _)), g = jax.value_and_grad(self._loss, has_aux=True)(params, mb, key)
+        return m, g
 
-    metrics, grads = accumulate_gradients(
-      grad_fn, state.params, batch, rng, self.config.optim.grad_accum_steps
-    )
+      metrics, grads = accumulate_gradients(
+        grad_fn, state.params, batch, k_g, self.config.optim.grad_accum_steps
+      )
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p + u, state.params, updates)
     ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
     metrics["grad_norm"] = optim_global_norm(grads)
     metrics["lr"] = self.schedule(state.step)
     new_state = state.replace(
-      step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
+      step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, extra=extra
     )
     return new_state, metrics
 
