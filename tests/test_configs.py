@@ -116,3 +116,12 @@ def test_steps_from_epochs_and_lr_scaling():
     configlib.steps_from(c, None)
   c.batch_size = 1024
   assert configlib.learning_rate(c) == pytest.approx(4e-4)
+
+
+def test_missing_weight_file_names_the_file_and_key(tmp_path):
+  from softvq_jax.convert.io import WeightFileError
+
+  c = load_config("tokenizer_b", "quick")
+  c.model.encoder_init = str(tmp_path / "dinov2_vitb14.safetensors")
+  with pytest.raises(WeightFileError, match=r"dinov2_vitb14.safetensors.*model.encoder_init"):
+    configlib.validate(c)

@@ -153,8 +153,14 @@ def test_full_recipe_without_imagenet_fails_fast(tmp_path):
 
 def test_gan_steps_match_across_devices_and_respect_disc_start():
   """PatchGAN + hinge + LeCam + CR + DiffAugment + adaptive weight, 1 vs 8 devices."""
-  config = tiny_config(**{"loss.disc.weight": 0.2, "loss.disc.name": "patchgan",
-                          "loss.disc.start": 3, "loss.disc.adaptive_weight": True})
+  config = tiny_config(
+    **{
+      "loss.disc.weight": 0.2,
+      "loss.disc.name": "patchgan",
+      "loss.disc.start": 3,
+      "loss.disc.adaptive_weight": True,
+    }
+  )
   batches = _batches(config, 3)
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   task = TokenizerTask(config, mesh, total_steps=10, warmup_steps=2)
@@ -166,8 +172,12 @@ def test_gan_steps_match_across_devices_and_respect_disc_start():
     state, metrics = step(state, b)
     losses.append(float(metrics["loss"]))
     disc = jax.device_get(state.extra["disc"])
-    same = [np.array_equal(a, c) for a, c in zip(jax.tree.leaves(disc0["params"]),
-                                                 jax.tree.leaves(disc["params"]), strict=True)]
+    same = [
+      np.array_equal(a, c)
+      for a, c in zip(
+        jax.tree.leaves(disc0["params"]), jax.tree.leaves(disc["params"]), strict=True
+      )
+    ]
     if i + 1 < 3:  # before disc_start: D weights untouched, G weight 0
       assert all(same) and float(metrics["gan/g_weight"]) == 0.0
     else:

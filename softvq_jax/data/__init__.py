@@ -44,6 +44,7 @@ def build_train_data(
     process_count=process_count,
     random_crop=data_cfg.get("random_crop", True),
     random_flip=data_cfg.get("random_flip", True),
+    min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
     num_workers=data_cfg.get("num_workers", 4),
     prefetch=data_cfg.get("prefetch", 2),
   )

@@ -90,6 +90,7 @@ class TrainData:
     process_count: int = 1,
     random_crop: bool = True,
     random_flip: bool = True,
+    min_crop_frac: float = 0.8,
     num_workers: int = 4,
     prefetch: int = 2,
   ):
@@ -104,6 +105,7 @@ class TrainData:
     self.seed = seed
     self.process_index = process_index
     self.random_crop, self.random_flip = random_crop, random_flip
+    self.min_crop_frac = min_crop_frac
     self.num_workers, self.prefetch = num_workers, prefetch
     self.num_skipped = 0
     self._lock = threading.Lock()
@@ -140,7 +142,7 @@ class TrainData:
     else:
       raise RuntimeError("no decodable example in the dataset")
     if self.random_crop:
-      arr = preprocess.random_crop_arr(image, self.image_size, rng)
+      arr = preprocess.random_crop_arr(image, self.image_size, rng, self.min_crop_frac)
     else:
       arr = preprocess.center_crop_arr(image, self.image_size)
     if self.random_flip and rng.random() < 0.5:

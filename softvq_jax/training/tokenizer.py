@@ -181,6 +181,27 @@ class TokenizerTask(loop.Task):
     )
     return new_state, metrics
 
+  def post_init(self, state):
+    """Initialises the encoder from DINOv2 (`model.encoder_init`), as the released models were."""
+    path = self.config.model.get("encoder_init", "")
+    if not path:
+      logging.info("Tokenizer encoder: random init (set model.encoder_init to start from DINOv2)")
+      return state
+    from softvq_jax.convert import io
+    from softvq_jax.convert.dinov2_init import init_encoder_from_dinov2
+
+    sd = io.load_state_dict(path, "DINOv2 encoder weights", "model.encoder_init")
+    enc = self.config.model.encoder
+    params = init_encoder_from_dinov2(
+      jax.device_get(state.params),
+      sd,
+      patch_size=enc.patch_size,
+      image_size=self.config.model.image_size,
+    )
+    params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+    logging.info("Tokenizer encoder initialised from DINOv2 weights %s", path)
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+
   def window_metrics(self, sums):
     if "code_counts" not in sums:
       return {}
