@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from softvq_jax.convert import init_encoder_from_dinov2
+from softvq_jax.convert import init_encoder_from_dinov2, resample
 from softvq_jax.models.factory import abstract_params, build_tokenizer
 
 W, DEPTH = 64, 1
@@ -103,7 +103,6 @@ def test_errors_name_the_problem():
 
 
 def test_resampling_patch_14_to_16_and_grid_37_to_2():
-  pytest.importorskip("softvq_jax.convert.resample")
   params = _tokenizer(16, 32)
   sd = dinov2_state_dict(37)
   sd["pos_embed"][:, 1:] = 0.25  # a constant grid stays constant under bicubic resampling
@@ -112,10 +111,10 @@ def test_resampling_patch_14_to_16_and_grid_37_to_2():
   assert e["pos_embed"].shape == (1, 1 + 4, W)
   np.testing.assert_array_equal(e["pos_embed"][:, 0], sd["pos_embed"][:, 0])  # cls slot kept
   np.testing.assert_allclose(e["pos_embed"][:, 1:], 0.25, atol=1e-5)
-  # FlexiViT property: a 14x14 patch upsampled (bilinear) to 16x16 and embedded with the new
-  # kernel gives (approximately) the old embedding of the 14x14 patch.
+  # FlexiViT property: a 14x14 patch upsampled (timm's bicubic) to 16x16 and embedded with the
+  # new kernel gives the old embedding of the 14x14 patch.
   x = np.random.RandomState(2).randn(14, 14, 3).astype(np.float32)
-  up = np.asarray(jax.image.resize(x, (16, 16, 3), "bilinear", antialias=False))
+  up = resample.resize_2d(x, (16, 16))
   old = np.einsum("hwc,chwo->o", x, sd["patch_embed.proj.weight"].transpose(1, 2, 3, 0))
   new = np.einsum("hwc,hwco->o", up, np.asarray(e["patch_embed"]["proj"]["kernel"]))
   np.testing.assert_allclose(new, old, rtol=1e-3, atol=1e-3 * math.sqrt(14 * 14 * 3))
