@@ -195,15 +195,19 @@ def test_post_init_loads_dinov2_into_the_encoder(tmp_path):
 
   path = tmp_path / "dinov2.safetensors"
   save_safetensors(dinov2_state_dict(37), path)  # 518 px / patch 14 grid, as published
-  config = tiny_config(**{"model.encoder.width": W, "model.encoder.depth": DEPTH,
-                          "model.encoder_init": str(path)})
+  config = tiny_config(
+    **{"model.encoder.width": W, "model.encoder.depth": DEPTH, "model.encoder_init": str(path)}
+  )
   task = TokenizerTask(config, sharding.make_mesh(), 10, 1)
   fresh = jax.jit(task.init_state)(jax.random.PRNGKey(0))
   state = task.post_init(fresh)
   enc = jax.device_get(state.params["encoder"])
   np.testing.assert_array_equal(enc["cls_token"], dinov2_state_dict(37)["cls_token"])
   assert enc["patch_embed"]["proj"]["kernel"].shape == (8, 8, 3, W)  # resampled 14 -> 8
-  np.testing.assert_array_equal(jax.device_get(state.ema_params["encoder"]["cls_token"]),
-                                enc["cls_token"])
-  np.testing.assert_array_equal(jax.device_get(state.params["decoder"]["mask_token"]),
-                                jax.device_get(fresh.params["decoder"]["mask_token"]))
+  np.testing.assert_array_equal(
+    jax.device_get(state.ema_params["encoder"]["cls_token"]), enc["cls_token"]
+  )
+  np.testing.assert_array_equal(
+    jax.device_get(state.params["decoder"]["mask_token"]),
+    jax.device_get(fresh.params["decoder"]["mask_token"]),
+  )
