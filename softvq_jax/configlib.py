@@ -196,7 +196,8 @@ def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
   for part in (c.model.encoder, c.model.decoder):
     part.variant = "mu"
     part.patch_size = 8
-    part.depth, part.width, part.heads = 4, 128, 4
+    part.depth, part.width, part.heads = 3, 128, 4
+  c.model.layerscale_init = 1.0  # from scratch (no DINOv2): full residual branches from step 0
   c.model.num_latent_tokens = 32 if a.tokens == 64 else a.tokens
   c.model.codebook_embed_dim = 16
   c.model.dtype = "float32"
@@ -206,14 +207,14 @@ def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
   c.loss.disc.weight = 0.0
   c.loss.align.weight = 0.0
   c.batch_size = 16
-  c.total_steps = 1200
+  c.total_steps = 1000
   c.optim.lr = 1e-3
   c.optim.lr_batch_scaling = False
-  c.optim.warmup_steps = 100
+  c.optim.warmup_steps = 50
   c.optim.ema_decay = 0.99
   c.log_every = 50
-  c.eval_every = 300
-  c.image_every = 300
+  c.eval_every = 250
+  c.image_every = 250
   c.data.name = "photos"
   # Nine photos are few: train on random crops covering 20-100% of the short side, which gives
   # far more varied patches (and generalises to the held-out photos) than ADM's 80-100%.
@@ -221,7 +222,7 @@ def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
   c.data.num_workers = 2
   c.data.prefetch = 2
   c.eval.batch_size = 8
-  c.ckpt.save_every = 300
+  c.ckpt.save_every = 250
   c.ckpt.keep_every = 0
 
 
