@@ -55,6 +55,17 @@ def uniform_codebook_init(l2_norm: bool):
   return init
 
 
+def _codebook_and_tokens(module: nn.Module, z_e: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The (nc, K, D) `embedding` param and the tokens, both in f32 and l2-normalised if asked."""
+  shape = (module.num_codebooks, module.codebook_size, module.embed_dim)
+  init = uniform_codebook_init(module.l2_norm)
+  codebook = module.param("embedding", init, shape, module.param_dtype).astype(jnp.float32)
+  z = z_e.astype(jnp.float32)
+  if module.l2_norm:
+    codebook, z = l2_normalize(codebook), l2_normalize(z)
+  return codebook, z
+
+
 def _segments(z: jax.Array, nc: int) -> jax.Array:
   """(B, L, D) -> (B, nc, L/nc, D): contiguous token groups, one per codebook."""
   b, n, d = z.shape
@@ -108,14 +119,9 @@ class SoftVectorQuantizer(nn.Module):
 
   @nn.compact
   def __call__(self, z_e: jax.Array, train: bool = False):
-    nc, k, d = self.num_codebooks, self.codebook_size, self.embed_dim
-    init = uniform_codebook_init(self.l2_norm)
-    codebook = self.param("embedding", init, (nc, k, d), self.param_dtype)
-    codebook = codebook.astype(jnp.float32)
-    z = z_e.astype(jnp.float32)
-    b, n, _ = z.shape
-    if self.l2_norm:
-      codebook, z = l2_normalize(codebook), l2_normalize(z)
+    nc, k = self.num_codebooks, self.codebook_size
+    codebook, z = _codebook_and_tokens(self, z_e)
+    b, n, d = z.shape
     zs = _segments(z, nc)  # (B, nc, S, D)
     c_sg = jax.lax.stop_gradient(codebook)
     if self.logit_form == "cosine":
@@ -173,14 +179,9 @@ class VectorQuantizer(nn.Module):
 
   @nn.compact
   def __call__(self, z_e: jax.Array, train: bool = False):
-    nc, k, d = self.num_codebooks, self.codebook_size, self.embed_dim
-    init = uniform_codebook_init(self.l2_norm)
-    codebook = self.param("embedding", init, (nc, k, d), self.param_dtype)
-    codebook = codebook.astype(jnp.float32)
-    z = z_e.astype(jnp.float32)
-    b, n, _ = z.shape
-    if self.l2_norm:
-      codebook, z = l2_normalize(codebook), l2_normalize(z)
+    nc, k = self.num_codebooks, self.codebook_size
+    codebook, z = _codebook_and_tokens(self, z_e)
+    b, n, d = z.shape
     zs = _segments(z, nc)
     dist = _sq_dist(zs, codebook)  # (B, nc, S, K)
     idx = jnp.argmin(dist, axis=-1).astype(jnp.int32)  # (B, nc, S)
