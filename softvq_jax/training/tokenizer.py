@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from softvq_jax import configlib
 from softvq_jax.evaluation import image_metrics
@@ -237,9 +238,12 @@ class TokenizerTask(loop.Task):
         seen += int(mask.sum())
         if self.config.max_eval_images and seen >= self.config.max_eval_images:
           break
-      out[f"eval/{prefix}_psnr"] = float(np.mean(np.concatenate(psnrs)))
-      out[f"eval/{prefix}_ssim"] = float(np.mean(np.concatenate(ssims)))
-      out[f"eval/{prefix}_mse"] = float(np.mean(np.concatenate(mses)))
+      # Sums and counts over all processes (each evaluates its own share of the split).
+      sums = np.array([np.concatenate(v).sum() for v in (psnrs, ssims, mses)] + [seen], np.float64)
+      if jax.process_count() > 1:
+        sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 4).sum(0)
+      for i, name in enumerate(("psnr", "ssim", "mse")):
+        out[f"eval/{prefix}_{name}"] = float(sums[i] / max(sums[3], 1))
     return out
 
   def images(self, state, eval_data, step):
