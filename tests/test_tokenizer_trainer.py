@@ -211,3 +211,27 @@ def test_post_init_loads_dinov2_into_the_encoder(tmp_path):
     jax.device_get(state.params["decoder"]["mask_token"]),
     jax.device_get(fresh.params["decoder"]["mask_token"]),
   )
+
+
+def test_export_and_load_a_trained_tokenizer(tmp_path):
+  from softvq_jax import export, inference
+  from softvq_jax.convert.io import load_state_dict
+
+  workdir = tmp_path / "run"
+  loop.train(TokenizerTask, tiny_config(total_steps=2), str(workdir))
+  out = export.export(workdir, tmp_path / "model", stats_images=8)
+  tok = inference.load_tokenizer(out)
+  assert tok.vq_std > 0 and tok.vq_mean != 0.0  # measured, not the defaults
+  from_workdir = inference.load_tokenizer(workdir)
+  x = np.zeros((2, 32, 32, 3), np.float32)
+  z, info = tok.encode(x)
+  assert z.shape == (2, 8, 4) and info["indices"].shape == (2, 8)
+  np.testing.assert_allclose(
+    tok.decode(z), from_workdir.decode(from_workdir.encode(x)[0]), atol=1e-6
+  )
+  np.testing.assert_allclose(tok.denormalize(tok.normalize(z)), z, atol=1e-6)
+  ref = export.export(
+    workdir, tmp_path / "ref" / "model.safetensors", stats_images=0, fmt="reference"
+  )
+  sd = load_state_dict(ref)
+  assert sd["quantize.embedding"].shape == (2, 16, 4) and (ref.parent / "config.json").exists()
