@@ -300,3 +300,17 @@ def test_records_roundtrip_bfloat16():
   np.testing.assert_array_equal(labels, [7, -1, 1000])
   with pytest.raises(ValueError, match="expected"):
     latents.decode_records(recs, L, D, "float32")
+
+
+def test_write_cache_from_arrays(tmp_path):
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(5, 2, L, D)).astype(np.float32)
+  info = latents.write_cache(tmp_path / "c", z, np.arange(5) * 10, examples_per_shard=2)
+  assert info["num_examples"] == 5 and len(info["shards"]) == 3 and info["num_tokens"] == L
+  np.testing.assert_allclose(info["vq_mean"], z.astype(np.float64).mean(), rtol=1e-9)
+  np.testing.assert_allclose(info["vq_std"], z.astype(np.float64).std(), rtol=1e-9)
+  got, labels = latents.LatentSource(tmp_path / "c").read([4, 0], flips=np.array([True, False]))
+  np.testing.assert_array_equal(got, np.stack([z[4, 1], z[0, 0]]))
+  np.testing.assert_array_equal(labels, [40, 0])
+  with pytest.raises(FileExistsError):
+    latents.write_cache(tmp_path / "c", z, np.arange(5))

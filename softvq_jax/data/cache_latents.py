@@ -36,6 +36,7 @@ _SPLIT = flags.DEFINE_enum(
 _BATCH = flags.DEFINE_integer("batch", 64, "Images per encode step on this host (x2 with flips).")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", sorted(latents.DTYPES), "Stored latent dtype.")
 _SHARD = flags.DEFINE_integer("examples_per_shard", 10_000, "Examples per ArrayRecord shard.")
+_WORKERS = flags.DEFINE_integer("workers", None, "Image decoding threads (default: CPU count).")
 _MAX = flags.DEFINE_integer("max_examples", None, "Encode only the first N examples.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir (latest).")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw params of a workdir instead of the EMA ones.")
@@ -109,6 +110,7 @@ def _encode(tok, source, cfg, tokenizer_path):
     examples_per_shard=_SHARD.value,
     max_examples=_MAX.value,
     overwrite=_OVERWRITE.value,
+    num_workers=_WORKERS.value,
   )
 
 

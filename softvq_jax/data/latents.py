@@ -240,7 +240,7 @@ class _ImageBatches:
 
 
 def _encode_shard(
-  encode_fn, loader, lo: int, hi: int, batch: int, writer_path: pathlib.Path, np_dt, progress
+  encode_fn, loader, lo, hi, batch, writer_path: pathlib.Path, np_dt, progress, workers
 ) -> dict:
   from array_record.python import array_record_module
 
@@ -249,7 +249,7 @@ def _encode_shard(
   def load(b: int):
     return loader(range(starts[b], min(starts[b] + batch, hi))) if b < len(starts) else None
 
-  it = pipeline.PrefetchIterator(load, 0, depth=3, workers=2)
+  it = pipeline.PrefetchIterator(load, 0, depth=2 * workers, workers=workers)
   writer = array_record_module.ArrayRecordWriter(str(writer_path), WRITER_OPTIONS)
   total, total_sq, count, skipped = 0.0, 0.0, 0, 0
   try:
@@ -312,13 +312,16 @@ def encode_dataset(
   process_count: int | None = None,
   overwrite: bool = False,
   devices: Sequence[jax.Device] | None = None,
+  num_workers: int | None = None,
 ) -> dict | None:
   """Encodes every example of `source` (ADM center crop and its flip) into a cache at `out`.
 
   tokenizer: an `inference.Tokenizer`; source: an ImageSource. Each process (default: this
   JAX process) encodes its contiguous block of shards on its local devices; shards already
-  complete in `<out>.incomplete/` are skipped (resume). Returns `cache_info(out)` once the cache
-  is complete (on process 0 in a multi-host run), else None (other processes' shards pending).
+  complete in `<out>.incomplete/` are skipped (resume). Images are decoded and cropped by
+  `num_workers` threads (default: the CPU count), each preparing whole batches. Returns
+  `cache_info(out)` once the cache is complete (on process 0 in a multi-host run), else None
+  (other processes' shards pending).
   """
   out = pathlib.Path(out).absolute()
   tmp = out.with_name(out.name + INCOMPLETE_SUFFIX)
@@ -373,17 +376,79 @@ def encode_dataset(
   if todo:
     encode_fn = make_encode_fn(tokenizer, dtype, devices)
     loader = _ImageBatches(source, image_size)
+    workers = num_workers or min(32, os.cpu_count() or 1)
     progress = _Progress(sum(shards[k][1] - shards[k][0] for k in todo))
     for k in todo:
       lo, hi = shards[k]
       name = shard_name(split, k, len(shards))
       part = tmp / f".{name}.part"
-      stats = _encode_shard(encode_fn, loader, lo, hi, batch_size, part, np_dt, progress)
+      stats = _encode_shard(encode_fn, loader, lo, hi, batch_size, part, np_dt, progress, workers)
       os.replace(part, tmp / name)
       _write_json_atomic(tmp / stats_name(split, k), dict(stats, file=name, range=[lo, hi]))
   _barrier("latents_encoded")
   if jax.process_count() > 1 and jax.process_index() != 0:
     return None
+  return finalize(out, overwrite=overwrite)
+
+
+def write_cache(
+  out: str | os.PathLike,
+  latents: np.ndarray,
+  labels: np.ndarray,
+  *,
+  dtype: str = "float32",
+  image_size: int = 0,
+  tokenizer: str = "",
+  tokenizer_config: dict | None = None,
+  dataset: str = "arrays",
+  split: str = "train",
+  examples_per_shard: int = 10_000,
+  overwrite: bool = False,
+) -> dict:
+  """A complete cache from in-memory latents (N, 2, L, D) [crop, flip] and labels (N,).
+
+  For tests and tools that already hold latents (no tokenizer needed); same format as
+  `encode_dataset`. Returns `cache_info(out)`.
+  """
+  out = pathlib.Path(out).absolute()
+  if (out / INFO_FILE).is_file() and not overwrite:
+    raise FileExistsError(f"latent cache {out} exists; pass overwrite=True to re-create it")
+  latents = np.asarray(latents)
+  if latents.ndim != 4 or latents.shape[1] != 2 or len(labels) != len(latents):
+    raise ValueError(f"latents must be (N, 2, L, D) with N labels, got {latents.shape}")
+  z = latents.astype(_np_dtype(dtype))
+  tmp = out.with_name(out.name + INCOMPLETE_SUFFIX)
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  shards = _plan(len(z), examples_per_shard, None)
+  cfg = tokenizer_config or {"model": {}}
+  plan = {
+    "format_version": FORMAT_VERSION,
+    "num_source_examples": len(z),
+    "shard_ranges": shards,
+    "num_shards": len(shards),
+    "dtype": dtype,
+    "image_size": int(image_size),
+    "tokenizer": str(tokenizer),
+    "tokenizer_config": cfg,
+    "num_tokens": int(z.shape[2]),
+    "dim": int(z.shape[3]),
+    "dataset": dataset,
+    "split": split,
+  }
+  _write_json_atomic(tmp / PLAN_FILE, json.loads(json.dumps(plan)))
+  from array_record.python import array_record_module
+
+  for k, (lo, hi) in enumerate(shards):
+    name = shard_name(split, k, len(shards))
+    writer = array_record_module.ArrayRecordWriter(str(tmp / name), WRITER_OPTIONS)
+    for rec in encode_records(z[lo:hi], np.asarray(labels)[lo:hi]):
+      writer.write(rec)
+    writer.close()
+    z64 = z[lo:hi].astype(np.float64)
+    stats = {"num_records": hi - lo, "num_skipped": 0, "file": name, "range": [lo, hi]}
+    stats.update(sum=float(z64.sum()), sum_sq=float(np.square(z64).sum()))
+    _write_json_atomic(tmp / stats_name(split, k), stats)
   return finalize(out, overwrite=overwrite)
 
 
@@ -407,7 +472,7 @@ def finalize(out: str | os.PathLike, *, overwrite: bool = False) -> dict | None:
   if count == 0:
     raise ValueError(f"no decodable example was encoded into {tmp}")
   config, num_tokens, dim = plan["tokenizer_config"], plan["num_tokens"], plan["dim"]
-  model = config["model"]
+  model = config.get("model", {})
   elements = count * 2 * num_tokens * dim
   mean = sum(s["sum"] for s in stats) / elements
   var = sum(s["sum_sq"] for s in stats) / elements - mean**2
