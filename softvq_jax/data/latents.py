@@ -731,9 +731,12 @@ class OnlineLatentEvalData:
     self._loader = _ImageBatches(source, int(tokenizer.config["model"]["image_size"]))
     self._chunks = _padded(len(source), batch_size, process_index, process_count)
     self._devices = devices
+    self._encode = None
 
   def iterator(self) -> Iterator[dict[str, np.ndarray]]:
-    encode = make_encode_fn(self.tokenizer, "float32", self._devices)
+    if self._encode is None:  # built once: repeated evaluations reuse the compiled function
+      self._encode = make_encode_fn(self.tokenizer, "float32", self._devices)
+    encode = self._encode
     for chunk in self._chunks:
       mask = chunk >= 0
       images, labels, ok = self._loader(np.where(mask, chunk, 0))
