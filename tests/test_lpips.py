@@ -100,6 +100,10 @@ def test_matches_numpy_and_identity_symmetry(params, images):
   np.testing.assert_allclose(got, want, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(_lpips_jit(params, y, x)), got, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(_lpips_jit(params, x, x)), 0.0, atol=1e-10)
+  # bf16 VGG convs (normalisation, differences and heads stay float32).
+  half = jax.jit(lpips, static_argnums=3)(params, x, y, jnp.bfloat16)
+  assert half.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(half), want, rtol=2e-2)
   np.testing.assert_allclose(float(jax.jit(lpips_loss)(params, x, y)), want.mean(), rtol=1e-4)
 
 
