@@ -87,32 +87,32 @@ def alignment_loss(
   _check_mode(mode)
   z = z_proj.astype(jnp.float32)
   t = jax.lax.stop_gradient(teacher).astype(jnp.float32)
-  (b, l, c), n = z.shape, t.shape[1]
+  (b, nl, c), n = z.shape, t.shape[1]
   if t.shape[0] != b or t.shape[2] != c:
     raise ValueError(
       f"alignment: projected latents {z.shape} and teacher features {t.shape} must share batch "
       "and channels (AlignProjector.out_dim must be the teacher width)"
     )
   if mode == "global":
-    if l != 1:
+    if nl != 1:
       raise ValueError(
         f"alignment mode 'global' expects the projected token MEAN (B, 1, C), got {z.shape}; "
         "call AlignProjector with mode='global'"
       )
     t = jnp.mean(t, axis=1, keepdims=True)
   elif mode == "repeat":
-    if n % l:
+    if n % nl:
       raise ValueError(
         f"alignment mode 'repeat' needs the teacher token count N={n} to be a multiple of the "
-        f"latent token count L={l}; use loss.align.mode='avg_1d' or a matching resolution"
+        f"latent token count L={nl}; use loss.align.mode='avg_1d' or a matching resolution"
       )
-    z = jnp.repeat(z, n // l, axis=1)  # token l -> rows l*N/L ... (l+1)*N/L - 1
+    z = jnp.repeat(z, n // nl, axis=1)  # token l -> rows l*N/L ... (l+1)*N/L - 1
   else:
     if mode == "avg_1d_shuffle":
       if key is None:
         raise ValueError("alignment mode 'avg_1d_shuffle' needs a PRNG key")
       t = t[:, jax.random.permutation(key, n)]
-    pool = jnp.asarray(adaptive_pool_matrix(n, l))
+    pool = jnp.asarray(adaptive_pool_matrix(n, nl))
     t = jnp.einsum("ln,bnc->blc", pool, t, precision=jax.lax.Precision.HIGHEST)
   cos = jnp.sum(_normalize(z) * _normalize(t), axis=-1)  # (B, L or N)
   return -jnp.mean(cos)
