@@ -92,8 +92,9 @@ def make_fake_imagenet(
           _add(tar, f"{synset}_{GRAY}.JPEG", _jpeg(base.convert("L")))
           _add(tar, f"{synset}_{CMYK}.JPEG", _jpeg(base.convert("CMYK")))
           _add(tar, f"{synset}_{SMALL}.JPEG", _jpeg(base.resize(SMALL_SIZE, Image.BICUBIC)))
-          # A JPEG header followed by garbage: PIL identifies it, decoding fails.
-          _add(tar, f"{synset}_{CORRUPT}.JPEG", _jpeg(base)[:20] + b"\x00garbage" * 8)
+          # A truncated JPEG: PIL identifies it (valid header), decoding fails.
+          good = _jpeg(base)
+          _add(tar, f"{synset}_{CORRUPT}.JPEG", good[: len(good) // 2])
       _add(train_tar, f"{synset}.tar", inner.getvalue())
   with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as val_tar:
     val_synsets = imagenet_validation_synsets()

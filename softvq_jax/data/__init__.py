@@ -8,7 +8,7 @@ from softvq_jax.data.pipeline import EvalData, TrainData
 DATASETS = ("photos", "folder", "imagenet")
 
 
-def _sources(data_cfg):
+def _sources(data_cfg, process_count=1):
   name = data_cfg.name
   if name == "photos":
     from softvq_jax.data.photos import PhotoSource
@@ -21,12 +21,9 @@ def _sources(data_cfg):
       data_cfg.path, data_cfg.get("eval_path", ""), data_cfg.get("eval_fraction", 0.1)
     )
   if name == "imagenet":
-    raise NotImplementedError(
-      "data.name='imagenet': the TFDS ImageNet input pipeline is not implemented yet. Train on "
-      "the bundled photos (configs/tokenizer_b.py:quick) or an image folder "
-      "(--config.data.name=folder --config.data.path=/path/to/imagenet/train "
-      "--config.data.eval_path=/path/to/imagenet/val) instead."
-    )
+    from softvq_jax.data.imagenet import imagenet_sources
+
+    return imagenet_sources(data_cfg, process_count)
   raise ValueError(f"unknown data.name={name!r}; choose one of {DATASETS}")
 
 
@@ -34,7 +31,7 @@ def build_train_data(
   data_cfg, *, image_size, global_batch, seed, process_index=0, process_count=1
 ) -> TrainData:
   """Training batches for `data_cfg.name` (see pipeline.TrainData)."""
-  train, _ = _sources(data_cfg)
+  train, _ = _sources(data_cfg, process_count)
   return TrainData(
     train,
     image_size=image_size,
@@ -54,7 +51,7 @@ def build_eval_data(
   data_cfg, *, image_size, batch_size, process_index=0, process_count=1
 ) -> EvalData:
   """Evaluation batches: ADM center crop (+ `eval_crops - 1` fixed crops for the photos)."""
-  _, held_out = _sources(data_cfg)
+  _, held_out = _sources(data_cfg, process_count)
   views = 1 if data_cfg.name != "photos" else data_cfg.get("eval_crops", 4)
   return EvalData(
     held_out,

@@ -180,6 +180,7 @@ class EvalData:
     items = [(i, v) for i in range(len(source)) for v in range(len(views))]
     self._items = items[process_index::process_count]
     self.num_examples = len(items)
+    self.num_skipped = 0  # undecodable examples skipped by this process's iterators
 
   def _example(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
     index, view = item
@@ -194,6 +195,7 @@ class EvalData:
         try:
           examples.append(self._example(item))
         except BadImage as e:
+          self.num_skipped += 1
           logging.warning("skipping undecodable eval example %s: %s", item, e)
       if not examples:
         continue
