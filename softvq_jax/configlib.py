@@ -159,7 +159,7 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.path = ""
   c.data.eval_path = ""
   c.data.eval_fraction = 0.1
-  c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default, ~/tensorflow_datasets); gs:// works
+  c.data.data_dir = ""  # TFDS data_dir, local or mounted ("" = TFDS default ~/tensorflow_datasets)
   c.data.manual_dir = ""  # the ImageNet tars; prepares data_dir on a first single-process run
   c.data.tfds_name = "imagenet2012"
   c.data.train_split = "train"

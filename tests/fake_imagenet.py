@@ -55,6 +55,20 @@ def _random_image(rng: np.random.Generator, size: int, label: int) -> Image.Imag
   return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
+def _photo_image(rng: np.random.Generator, size: int, label: int) -> Image.Image:
+  """A random crop of a bundled photo, resized to ImageNet-like dimensions (short side ~size)."""
+  from softvq_jax.data.photos import TRAIN_NAMES, _load
+
+  photo = Image.fromarray(_load(TRAIN_NAMES[int(rng.integers(len(TRAIN_NAMES)))])).convert("RGB")
+  w, h = photo.size
+  cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+  x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+  aspect = rng.choice([4 / 3, 3 / 4, 1.0, 3 / 2])
+  short = size + int(rng.integers(0, size // 4 + 1))
+  out = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
+  return photo.crop((x, y, x + cw, y + ch)).resize(out, Image.BICUBIC)
+
+
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
   info = tarfile.TarInfo(name)
   info.size = len(payload)
@@ -69,6 +83,7 @@ def make_fake_imagenet(
   size: int = 48,
   bad_images: bool = True,
   seed: int = 0,
+  photos: bool = False,
 ) -> pathlib.Path:
   """Writes a fake manual_dir under `root`; returns it.
 
@@ -76,8 +91,11 @@ def make_fake_imagenet(
   synsets, named `<synset>_<i>.JPEG`, plus (bad_images) in the first synset
   `<synset>_gray.JPEG`, `_cmyk.JPEG`, `_small.JPEG` (decodable) and `_corrupt.JPEG` (not).
   Val: `num_val` JPEGs; their labels are the first `num_val` lines of validation_labels.txt.
+  `photos=True` uses crops of the bundled photos at ImageNet-like sizes (realistic JPEG decode
+  cost, for benchmarks) instead of smooth random images.
   """
   rng = np.random.default_rng(seed)
+  make = _photo_image if photos else _random_image
   synsets = imagenet_synsets()[:num_classes]
   manual = pathlib.Path(root) / "manual"
   manual.mkdir(parents=True, exist_ok=True)
@@ -86,7 +104,7 @@ def make_fake_imagenet(
       inner = io.BytesIO()
       with tarfile.open(fileobj=inner, mode="w") as tar:
         for i in range(per_class):
-          _add(tar, f"{synset}_{i}.JPEG", _jpeg(_random_image(rng, size, label)))
+          _add(tar, f"{synset}_{i}.JPEG", _jpeg(make(rng, size, label)))
         if bad_images and label == 0:
           base = _random_image(rng, size, label)
           _add(tar, f"{synset}_{GRAY}.JPEG", _jpeg(base.convert("L")))
@@ -101,7 +119,7 @@ def make_fake_imagenet(
     index = {s: i for i, s in enumerate(imagenet_synsets())}
     for i in range(num_val):
       label = index[val_synsets[i]]
-      _add(val_tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", _jpeg(_random_image(rng, size, label)))
+      _add(val_tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", _jpeg(make(rng, size, label)))
   return manual
 
 

@@ -118,6 +118,19 @@ def _check_random_access(builder, file_format: str) -> str:
   return RANDOM_ACCESS_FORMAT
 
 
+def _raise_open_file_limit(want: int = 65536) -> None:
+  """Lifts the soft limit on open files (often 1024) towards the hard one: one fd per shard."""
+  try:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+      resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+  except (ImportError, ValueError, OSError) as e:  # not POSIX, or not permitted
+    logging.warning("could not raise the open-file limit: %s", e)
+
+
 def decode_image(data: bytes, name: str = "") -> Image.Image:
   """Encoded image bytes -> a loaded PIL image (any mode); BadImage when undecodable."""
   try:
@@ -161,11 +174,12 @@ class TfdsImageSource:
     import tensorflow_datasets as tfds
 
     fmt = _check_random_access(self.builder, self.file_format)
-    if self.split not in self.builder.info.splits and "[" not in self.split:
+    if self.split.isidentifier() and self.split not in self.builder.info.splits:
       raise DatasetNotReady(
         f"split {self.split!r} is not in the prepared {self.name!r} at {self.builder.data_dir} "
         f"(it has {sorted(self.builder.info.splits)}); set data.train_split / data.eval_split"
       )
+    _raise_open_file_limit()  # readers are opened lazily, one per shard file (1088 for ImageNet)
     records = self.builder.as_data_source(
       split=self.split,
       file_format=fmt,
