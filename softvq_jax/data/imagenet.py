@@ -179,7 +179,7 @@ class TfdsImageSource:
         f"split {self.split!r} is not in the prepared {self.name!r} at {self.builder.data_dir} "
         f"(it has {sorted(self.builder.info.splits)}); set data.train_split / data.eval_split"
       )
-    _raise_open_file_limit()  # readers are opened lazily, one per shard file (1088 for ImageNet)
+    _raise_open_file_limit()  # readers are opened lazily, one per shard file (~1100 for ImageNet)
     records = self.builder.as_data_source(
       split=self.split,
       file_format=fmt,
