@@ -288,6 +288,15 @@ def test_unprepared_and_tfrecord_datasets_fail_with_the_fix(tmp_path):
     )
 
 
+def test_manual_dir_prepares_on_a_single_process_run_only(data_dir, tmp_path):
+  manual = str(pathlib.Path(data_dir).parent / "manual")
+  c = cfg(str(tmp_path / "auto"), manual_dir=manual)
+  with pytest.raises(imagenet.DatasetNotReady, match="multi-process run does not prepare"):
+    data.build_train_data(c, image_size=S, global_batch=2, seed=0, process_count=2)
+  d = data.build_train_data(c, image_size=S, global_batch=2, seed=0)
+  assert d.num_examples == NUM_TRAIN and (tmp_path / "auto" / "imagenet2012").is_dir()
+
+
 def test_main_trains_on_the_fake_imagenet(data_dir, tmp_path):
   workdir = tmp_path / "run"
   tiny = [
