@@ -170,6 +170,7 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.min_crop_frac = 0.8  # ADM: crops cover 80-100% of the (resized) short side
   c.data.num_workers = 8
   c.data.prefetch = 4
+  c.data.uint8_transfer = False  # ship uint8 train batches, convert to [-1, 1] on device
   c.data.eval_crops = 4
 
   c.eval = ConfigDict()

@@ -106,6 +106,22 @@ def test_train_batches_shapes_range_and_labels(data_dir):
     assert set(b["label"].tolist()) <= set(range(NUM_CLASSES))
 
 
+def test_uint8_transfer_matches_host_floats(data_dir):
+  import jax
+
+  host = take(train_data(data_dir), 2, 1)[0]
+  d = data.build_train_data(
+    cfg(data_dir, uint8_transfer=True), image_size=S, global_batch=8, seed=0
+  )
+  raw = take(d, 2, 1)[0]
+  assert raw["image"].dtype == np.uint8 and raw["image"].shape == (8, S, S, 3)
+  np.testing.assert_array_equal(raw["label"], host["label"])
+  device = jax.jit(preprocess.float_images)(raw)
+  assert device["image"].dtype == np.float32
+  np.testing.assert_allclose(np.asarray(device["image"]), host["image"], rtol=0, atol=1.2e-7)
+  assert preprocess.float_images(host) is host  # float batches pass through
+
+
 def _by_name(source):
   return {source.record(i)["file_name"].split("_")[1].split(".")[0]: i for i in range(len(source))}
 
@@ -312,6 +328,7 @@ def test_main_trains_on_the_fake_imagenet(data_dir, tmp_path):
     "--config.eval.batch_size=4",
     "--config.optim.warmup_steps=1",
     "--config.ckpt.async_save=False",
+    "--config.data.uint8_transfer=True",
   ]
   proc = subprocess.run(
     [

@@ -44,6 +44,7 @@ def build_train_data(
     min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
     num_workers=data_cfg.get("num_workers", 4),
     prefetch=data_cfg.get("prefetch", 2),
+    uint8=data_cfg.get("uint8_transfer", False),
   )
 
 

@@ -2,7 +2,8 @@
 
 Contract shared by every dataset (photos, folders, ImageNet, cached latents):
 - `TrainData.iterator(start_step)` yields this process's local batches for steps start_step, ...:
-  {"image": float32 (B_local, S, S, 3) in [-1, 1], "label": int32 (B_local,)}.
+  {"image": float32 (B_local, S, S, 3) in [-1, 1], "label": int32 (B_local,)}; with uint8=True
+  the images stay uint8 in [0, 255] and `preprocess.float_images` converts them on device.
 - The global batch of step k holds global samples k*GB ... k*GB+GB-1; process i takes its
   contiguous slice, so the global batch is identical for any number of processes.
 - Sample g is example `perm_e[g % n]` of epoch e = g // n (a permutation seeded by (seed, e)),
@@ -93,6 +94,7 @@ class TrainData:
     min_crop_frac: float = 0.8,
     num_workers: int = 4,
     prefetch: int = 2,
+    uint8: bool = False,
   ):
     if len(source) == 0:
       raise ValueError("the training dataset is empty")
@@ -107,6 +109,7 @@ class TrainData:
     self.random_crop, self.random_flip = random_crop, random_flip
     self.min_crop_frac = min_crop_frac
     self.num_workers, self.prefetch = num_workers, prefetch
+    self.uint8 = uint8  # ship uint8 images; preprocess.float_images converts them on device
     self.num_skipped = 0
     self._lock = threading.Lock()
     self._perm_cache: dict[int, np.ndarray] = {}
@@ -153,8 +156,9 @@ class TrainData:
     """This process's part of the global batch of `step`."""
     first = step * self.global_batch + self.process_index * self.local_batch
     samples = [self.sample(first + j) for j in range(self.local_batch)]
+    images = np.stack([s[0] for s in samples])
     return {
-      "image": preprocess.to_float(np.stack([s[0] for s in samples])),
+      "image": images if self.uint8 else preprocess.to_float(images),
       "label": np.asarray([s[1] for s in samples], np.int32),
     }
 
