@@ -26,6 +26,7 @@ _BATCH = flags.DEFINE_integer("batch", 64, "Local (per-host) batch size.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Timed batches (after 2 warm-up batches).")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 4, "Decode threads per host.")
 _PREFETCH = flags.DEFINE_integer("prefetch", 4, "Batches prepared ahead.")
+_UINT8 = flags.DEFINE_bool("uint8", False, "uint8 batches (data.uint8_transfer), no float step.")
 _FAKE_IMAGES = flags.DEFINE_integer("fake_images", 256, "Training images in the fake ImageNet.")
 
 
@@ -63,14 +64,20 @@ def main(argv):
     if not data_dir:
       data_dir = _fake_imagenet(tmp)
       note = f"FAKE ImageNet ({_FAKE_IMAGES.value} JPEGs cut from the bundled photos, ~500x375)"
-    common = dict(num_workers=_WORKERS.value, prefetch=_PREFETCH.value, random_crop=True)
+    common = dict(
+      num_workers=_WORKERS.value,
+      prefetch=_PREFETCH.value,
+      random_crop=True,
+      uint8_transfer=_UINT8.value,
+    )
     configs = {
       "imagenet": ml_collections.ConfigDict(dict(name="imagenet", data_dir=data_dir, **common)),
       "photos": ml_collections.ConfigDict(dict(name="photos", **common)),
     }
     print(
       f"input pipeline, one host: {os.cpu_count()} CPUs, {_WORKERS.value} decode threads, "
-      f"local batch {_BATCH.value}, {_STEPS.value} timed batches"
+      f"local batch {_BATCH.value}, {_STEPS.value} timed batches, "
+      f"{'uint8' if _UINT8.value else 'float32'} batches"
     )
     for name, cfg in configs.items():
       for size in map(int, _SIZES.value):
