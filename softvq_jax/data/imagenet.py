@@ -215,7 +215,10 @@ class TfdsImageSource:
     return out
 
   def load(self, index: int) -> tuple[Image.Image, int]:
-    rec = self.record(index)
+    try:
+      rec = self.record(index)
+    except Exception as e:  # a damaged record: skipped and counted like an undecodable image
+      raise BadImage(f"{self.name}/{self.split}[{index}]: {type(e).__name__}: {e}") from e
     name = rec.get("file_name", f"{self.name}/{self.split}[{index}]")
     return decode_image(rec["image"], name), rec["label"]
 
