@@ -163,8 +163,9 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.path = ""
   c.data.eval_path = ""
   c.data.eval_fraction = 0.1
-  c.data.data_dir = ""
-  c.data.manual_dir = ""
+  c.data.data_dir = ""  # TFDS data_dir, local or mounted ("" = TFDS default ~/tensorflow_datasets)
+  c.data.manual_dir = ""  # the ImageNet tars; prepares data_dir on a first single-process run
+  c.data.tfds_name = "imagenet2012"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.file_format = ""
@@ -173,6 +174,7 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.min_crop_frac = 0.8  # ADM: crops cover 80-100% of the (resized) short side
   c.data.num_workers = 8
   c.data.prefetch = 4
+  c.data.uint8_transfer = False  # ship uint8 train batches, convert to [-1, 1] on device
   c.data.eval_crops = 4
 
   c.eval = ConfigDict()

@@ -14,7 +14,7 @@ DATASETS = ("photos", "folder", "imagenet", "latents", "latents_online")
 IMAGE_DATASETS = ("photos", "folder", "imagenet")
 
 
-def _sources(data_cfg):
+def _sources(data_cfg, process_count=1):
   name = data_cfg.name
   if name == "photos":
     from softvq_jax.data.photos import PhotoSource
@@ -27,12 +27,9 @@ def _sources(data_cfg):
       data_cfg.path, data_cfg.get("eval_path", ""), data_cfg.get("eval_fraction", 0.1)
     )
   if name == "imagenet":
-    raise NotImplementedError(
-      "data.name='imagenet': the TFDS ImageNet input pipeline is not implemented yet. Train on "
-      "the bundled photos (configs/tokenizer_b.py:quick) or an image folder "
-      "(--config.data.name=folder --config.data.path=/path/to/imagenet/train "
-      "--config.data.eval_path=/path/to/imagenet/val) instead."
-    )
+    from softvq_jax.data.imagenet import imagenet_sources
+
+    return imagenet_sources(data_cfg, process_count)
   if name in ("latents", "latents_online"):
     raise ValueError(f"data.name={name!r} holds latents, not images")
   raise ValueError(f"unknown data.name={name!r}; choose one of {DATASETS}")
@@ -57,7 +54,7 @@ def build_train_data(
   """Training batches for `data_cfg.name` (see pipeline.TrainData; latents: see latents.py)."""
   if data_cfg.name in ("latents", "latents_online"):
     return _latent_train_data(data_cfg, global_batch, seed, process_index, process_count)
-  train, _ = _sources(data_cfg)
+  train, _ = _sources(data_cfg, process_count)
   return TrainData(
     train,
     image_size=image_size,
@@ -70,6 +67,7 @@ def build_train_data(
     min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
     num_workers=data_cfg.get("num_workers", 4),
     prefetch=data_cfg.get("prefetch", 2),
+    uint8=data_cfg.get("uint8_transfer", False),
   )
 
 
@@ -83,7 +81,7 @@ def build_eval_data(
   """
   if data_cfg.name in ("latents", "latents_online"):
     return _latent_eval_data(data_cfg, batch_size, process_index, process_count)
-  _, held_out = _sources(data_cfg)
+  _, held_out = _sources(data_cfg, process_count)
   views = 1 if data_cfg.name != "photos" else data_cfg.get("eval_crops", 4)
   return EvalData(
     held_out,

@@ -2,7 +2,8 @@
 
 Contract shared by every dataset (photos, folders, ImageNet, cached latents):
 - `TrainData.iterator(start_step)` yields this process's local batches for steps start_step, ...:
-  {"image": float32 (B_local, S, S, 3) in [-1, 1], "label": int32 (B_local,)}.
+  {"image": float32 (B_local, S, S, 3) in [-1, 1], "label": int32 (B_local,)}; with uint8=True
+  the images stay uint8 in [0, 255] and `preprocess.float_images` converts them on device.
 - The global batch of step k holds global samples k*GB ... k*GB+GB-1; process i takes its
   contiguous slice, so the global batch is identical for any number of processes.
 - Sample g is example `perm_e[g % n]` of epoch e = g // n (a permutation seeded by (seed, e)),
@@ -160,6 +161,7 @@ class TrainData(ShuffledBatches):
     min_crop_frac: float = 0.8,
     num_workers: int = 4,
     prefetch: int = 2,
+    uint8: bool = False,
   ):
     super().__init__(
       len(source),
@@ -174,6 +176,7 @@ class TrainData(ShuffledBatches):
     self.image_size = image_size
     self.random_crop, self.random_flip = random_crop, random_flip
     self.min_crop_frac = min_crop_frac
+    self.uint8 = uint8  # ship uint8 images; preprocess.float_images converts them on device
     self.num_skipped = 0
 
   def sample(self, g: int) -> tuple[np.ndarray, int]:
@@ -204,8 +207,9 @@ class TrainData(ShuffledBatches):
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's part of the global batch of `step`."""
     samples = [self.sample(int(g)) for g in self.local_samples(step)]
+    images = np.stack([s[0] for s in samples])
     return {
-      "image": preprocess.to_float(np.stack([s[0] for s in samples])),
+      "image": images if self.uint8 else preprocess.to_float(images),
       "label": np.asarray([s[1] for s in samples], np.int32),
     }
 
@@ -228,6 +232,7 @@ class EvalData:
     items = [(i, v) for i in range(len(source)) for v in range(len(views))]
     self._items = items[process_index::process_count]
     self.num_examples = len(items)
+    self.num_skipped = 0  # undecodable examples skipped by this process's iterators
 
   def _example(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
     index, view = item
@@ -242,6 +247,7 @@ class EvalData:
         try:
           examples.append(self._example(item))
         except BadImage as e:
+          self.num_skipped += 1
           logging.warning("skipping undecodable eval example %s: %s", item, e)
       if not examples:
         continue
