@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from softvq_jax.sampling import cfg as cfg_lib
+from softvq_jax.sampling.sde import draw_noise
 
 SCHEDULES = ("linear", "cosine")
 
@@ -228,7 +229,8 @@ def diffusion_sample(
   """Ancestral p_sample_loop over all (respaced) steps from x_init (B, ..., C); returns x_0.
 
   `model_fn(x, step, y)` returns (B, ..., 2C). Noise: `(num_steps, *x.shape)` (entry i is used at
-  the i-th step, i.e. t = num_steps - 1 - i; the last one is unused) or a key.
+  the i-th step, i.e. t = num_steps - 1 - i; the last one is unused), a key, or per-sample
+  keys (B,) (see `sde.draw_noise`).
   """
   if (noise is None) == (key is None):
     raise ValueError("diffusion_sample needs exactly one of `noise` or `key`")
@@ -248,7 +250,7 @@ def diffusion_sample(
     out = fn(x, jnp.asarray(d.timestep_map)[tb]).astype(x.dtype)
     p = p_mean_variance(d, out, x, tb)
     if key is not None:
-      eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+      eps = draw_noise(key, i, x.shape, x.dtype)
     nonzero = (t != 0).astype(x.dtype)
     return p["mean"] + nonzero * jnp.exp(0.5 * p["log_variance"]) * eps
 

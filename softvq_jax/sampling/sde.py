@@ -6,8 +6,9 @@ diffusion `w = 2 t` for both paths; score from the velocity
 `x <- x + drift dt + sqrt(w) sqrt(|dt|) eps` for the first steps-1 steps; the last step
 (t_last -> 0) is deterministic. CFG on the drift equals CFG on v (the drift is affine in v with
 the same x for both halves), so the guided velocity is used. Per-step coefficients are computed
-on the host in float64. Noise: pre-drawn `(steps - 1, *x.shape)` or a key (step i uses
-`normal(fold_in(key, i), x.shape)`).
+on the host in float64. Noise: pre-drawn `(steps - 1, *x.shape)`, or a key (step i uses
+`normal(fold_in(key, i), x.shape)`), or per-sample typed keys (B,) (sample b at step i uses
+`normal(fold_in(key[b], i))`, so a sample does not depend on its batch or the device count).
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def _score_coefficients(t: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarra
   alpha, sigma, d_alpha, d_sigma = path_coefficients(np.asarray(t, np.float64), path)
   ratio = alpha / d_alpha
   return ratio, sigma**2 - ratio * d_sigma * sigma
+
+
+def draw_noise(key: jax.Array, i, shape, dtype) -> jax.Array:
+  """Step-i noise of `shape`: from one key, or from per-sample keys (B,) (batch-independent)."""
+  if jnp.ndim(key) == 1 and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape[0] != shape[0]:
+      raise ValueError(f"{key.shape[0]} per-sample keys for a batch of {shape[0]}")
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), shape[1:], dtype))(key)
+  return jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
 
 
 def sde_sample(
@@ -83,7 +93,7 @@ def sde_sample(
       if is_last:
         return x_next
       if key is not None:
-        eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, sd)
+        eps = draw_noise(key, i, x.shape, sd)
       return x_next + amp_i * eps
 
     return step
