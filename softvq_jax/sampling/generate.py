@@ -68,6 +68,7 @@ class Generator:
   tokenizer: Any
   vq_mean: float
   vq_std: float
+  _pipelines: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def is_dit(self) -> bool:
@@ -198,7 +199,9 @@ def generate(
     )
   if decode and gen.tokenizer is None:
     raise ValueError("decoding images needs the tokenizer: load_generator(..., tokenizer=PATH)")
-  pipe = _Pipeline(gen, settings, decode)
+  if (settings, decode) not in gen._pipelines:  # compiled once per settings, reused
+    gen._pipelines[(settings, decode)] = _Pipeline(gen, settings, decode)
+  pipe = gen._pipelines[(settings, decode)]
   for lo in range(0, len(labels), batch_size):
     lab = labels[lo : lo + batch_size]
     idx = start_index + lo + np.arange(len(lab))
