@@ -174,3 +174,24 @@ def test_config_validation(setup):
   c.data.path = ""
   with pytest.raises(configlib.ConfigError, match="data.path"):
     configlib.validate(c)
+
+
+@pytest.mark.parametrize("variant", ["s", "b", "l", "xl"])
+@pytest.mark.parametrize("arg", [None, "kind=dit", "quick"])
+def test_generator_configs_build_and_validate(variant, arg):
+  import importlib.util
+
+  path = pathlib.Path(__file__).parents[1] / "configs" / f"sit_{variant}.py"
+  spec = importlib.util.spec_from_file_location(f"sit_{variant}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(arg)
+  c.data.path = "/some/cache"
+  configlib.validate(c)
+  assert c.trainer == ("dit" if arg == "kind=dit" else "sit")
+  if arg != "quick":
+    assert c.model.variant == variant.upper() and c.batch_size == 256
+    assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (1e-4, 0.9, 0.999, 0.0)
+    assert c.optim.schedule == "constant" and c.optim.ema_decay == 0.9999
+    assert c.model.class_dropout_prob == 0.1
+    assert c.optim.grad_clip == (0.0 if arg == "kind=dit" else 1.0)
