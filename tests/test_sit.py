@@ -62,17 +62,19 @@ def test_sit_xl2_baseline_and_dit_shapes():
   n, _ = _count(sit2, (1, 32, 32, 4))
   assert 670e6 < n < 680e6  # SiT-XL/2 is 675M in the SiT paper
   dit = build_generator("dit", "mu", input_size=8, in_channels=4)
-  x = jnp.ones((2, 8, 4))
-  params = dit.init(jax.random.key(0), x, jnp.zeros((2,)), jnp.zeros((2,), int))["params"]
-  assert dit.apply({"params": params}, x, jnp.array([3, 999]), jnp.array([1, 1000])).shape == (
-    2,
-    8,
-    8,
-  )
   tiny2 = SiT(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2)
-  x = jnp.ones((2, 8, 8, 4))
-  p = tiny2.init(jax.random.key(0), x, jnp.zeros((2,)), jnp.zeros((2,), int))
-  assert tiny2.apply(p, x, jnp.zeros((2,)), jnp.zeros((2,), int)).shape == (2, 8, 8, 4)
+
+  @jax.jit
+  def run():
+    x = jnp.ones((2, 8, 4))
+    params = dit.init(jax.random.key(0), x, jnp.zeros((2,)), jnp.zeros((2,), int))["params"]
+    a = dit.apply({"params": params}, x, jnp.array([3, 999]), jnp.array([1, 1000]))
+    x2 = jnp.ones((2, 8, 8, 4))
+    p = tiny2.init(jax.random.key(0), x2, jnp.zeros((2,)), jnp.zeros((2,), int))
+    return a, tiny2.apply(p, x2, jnp.zeros((2,)), jnp.zeros((2,), int))
+
+  a, b = run()
+  assert a.shape == (2, 8, 8) and b.shape == (2, 8, 8, 4)
 
 
 def test_zero_init_and_label_dropout():
@@ -358,3 +360,34 @@ def test_convert_cli(tmp_path):
         str(tmp_path / "x"),
       ]
     )
+
+
+def test_bf16_and_remat_match_f32():
+  kw = dict(input_size=16, in_channels=8, num_classes=10)
+  f32 = build_generator("sit", "mu", **kw)
+  bf16 = build_generator("sit", "mu", dtype=jnp.bfloat16, **kw)
+  remat = build_generator("sit", "mu", remat=True, **kw)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 8))
+  t, y = jnp.array([0.2, 0.9]), jnp.array([1, 10])
+
+  @jax.jit
+  def run():
+    params = f32.init(jax.random.key(1), x, t, y)["params"]
+    # perturb the zero-initialised layers so every weight matters
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    leaves = [a + 0.02 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)]
+    params = jax.tree.unflatten(tree, leaves)
+    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x, t, y) ** 2)
+    return (
+      f32.apply({"params": params}, x, t, y),
+      bf16.apply({"params": params}, x, t, y),
+      jax.grad(loss(f32))(params),
+      jax.grad(loss(remat))(params),
+    )
+
+  ref, out, g_ref, g = run()
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, ref, atol=5e-2 * float(jnp.abs(ref).max()))
+  assert float(jnp.abs(out - ref).max()) > 0  # bf16 really ran in bf16
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
