@@ -195,3 +195,52 @@ def test_generator_configs_build_and_validate(variant, arg):
     assert c.optim.schedule == "constant" and c.optim.ema_decay == 0.9999
     assert c.model.class_dropout_prob == 0.1
     assert c.optim.grad_clip == (0.0 if arg == "kind=dit" else 1.0)
+
+
+def test_converted_generator_samples_with_its_tokenizer(setup, tmp_path):
+  """A model dir from `convert sit` + a tokenizer dir -> images; a mismatched tokenizer errors."""
+  _, tok_dir, _ = setup
+  from softvq_jax.convert.io import save_safetensors
+  from softvq_jax.convert.sit import main_sit, sit_to_reference
+  from softvq_jax.models.sit import build_generator
+
+  model = build_generator("sit", "mu", input_size=L, in_channels=D, num_classes=1000)
+  x = np.zeros((1, L, D), np.float32)
+  params = jax.jit(lambda: model.init(jax.random.key(0), x, np.zeros(1), np.zeros(1, int)))()
+  save_safetensors(sit_to_reference(params["params"], model), tmp_path / "model.safetensors")
+  ref_cfg = dict(in_channels=D, input_size=L, depth=2, hidden_size=64, num_heads=4, vae_1d=True)
+  (tmp_path / "config.json").write_text(json.dumps(ref_cfg))
+  out = main_sit(
+    [
+      "--config",
+      str(tmp_path / "config.json"),
+      "--weights",
+      str(tmp_path / "model.safetensors"),
+      "--out",
+      str(tmp_path / "sit"),
+    ]
+  )
+  gen = g.load_generator(out, tokenizer=tok_dir)
+  assert (gen.vq_mean, gen.vq_std) == (gen.tokenizer.vq_mean, gen.tokenizer.vq_std)
+  settings = g.SamplerSettings(sampler="ode", steps=2, cfg_scale=1.75)
+  im = g.generate_images(gen, [3, 999], settings)
+  assert im.shape == (2, S, S, 3) and im.dtype == np.uint8
+  bad = dict(ref_cfg, input_size=2 * L)
+  model2 = build_generator("sit", "mu", input_size=2 * L, in_channels=D, num_classes=1000)
+  p2 = jax.jit(
+    lambda: model2.init(jax.random.key(0), np.zeros((1, 2 * L, D)), np.zeros(1), np.zeros(1, int))
+  )()
+  save_safetensors(sit_to_reference(p2["params"], model2), tmp_path / "m2.safetensors")
+  (tmp_path / "c2.json").write_text(json.dumps(bad))
+  out2 = main_sit(
+    [
+      "--config",
+      str(tmp_path / "c2.json"),
+      "--weights",
+      str(tmp_path / "m2.safetensors"),
+      "--out",
+      str(tmp_path / "sit2"),
+    ]
+  )
+  with pytest.raises(ValueError, match="wrong --tokenizer"):
+    g.load_generator(out2, tokenizer=tok_dir)
