@@ -391,3 +391,45 @@ def test_bf16_and_remat_match_f32():
   np.testing.assert_allclose(out, ref, atol=5e-2 * float(jnp.abs(ref).max()))
   assert float(jnp.abs(out - ref).max()) > 0  # bf16 really ran in bf16
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g_ref)
+
+
+@pytest.mark.parametrize("path", ["linear", "cosine"])
+def test_transport_paths_and_score(path):
+  from softvq_jax.sampling import transport
+
+  t = np.linspace(0.05, 0.95, 7)
+  a, s, da, ds = transport.path_coefficients(t, path)
+  h = 1e-6
+  a2, s2, _, _ = transport.path_coefficients(t + h, path)
+  np.testing.assert_allclose((a2 - a) / h, da, atol=1e-5)  # derivatives
+  np.testing.assert_allclose((s2 - s) / h, ds, atol=1e-5)
+  rng = np.random.default_rng(0)
+  x, eps = rng.normal(size=(7, 3, 2)), rng.normal(size=(7, 3, 2))
+  x_t, v = transport.interpolate(jnp.asarray(x), jnp.asarray(eps), jnp.asarray(t), path)
+  np.testing.assert_allclose(x_t, a[:, None, None] * x + s[:, None, None] * eps, atol=1e-6)
+  # The velocity -> score conversion gives the conditional score -eps / sigma.
+  score = transport.score_from_velocity(v, x_t, jnp.asarray(t), path)
+  np.testing.assert_allclose(score, -eps / s[:, None, None], rtol=1e-4, atol=1e-4)
+  _, target = transport.prediction_target(
+    jnp.asarray(x), jnp.asarray(eps), jnp.asarray(t), path, "score"
+  )
+  np.testing.assert_allclose(target, -eps / s[:, None, None], rtol=1e-5)
+  # lognormal time sampling: quantiles follow the path's map of exp(N(0, 1))
+  ts = np.sort(np.asarray(transport.sample_time(jax.random.key(0), 20000, "lognormal", path)))
+  q = np.exp(np.array([-1.0, 0.0, 1.0]))
+  want = q / (1 + q) if path == "linear" else 2 / np.pi * np.arctan(q)
+  got = ts[(np.array([0.15865, 0.5, 0.84135]) * len(ts)).astype(int)]
+  np.testing.assert_allclose(got, want, atol=0.01)
+
+
+def test_training_loss_is_per_sample_mse():
+  from softvq_jax.sampling import transport
+
+  x = jnp.ones((4, 3, 2))
+  loss = transport.training_loss(lambda xt, t: jnp.zeros_like(xt), x, jax.random.key(0))
+  k_t, k_eps = jax.random.split(jax.random.key(0))
+  t = transport.sample_time(k_t, 4)
+  eps = jax.random.normal(k_eps, x.shape)
+  _, v = transport.interpolate(x, eps, t)
+  np.testing.assert_allclose(loss, np.mean(np.asarray(v) ** 2, axis=(1, 2)), rtol=1e-6)
+  assert loss.shape == (4,)
