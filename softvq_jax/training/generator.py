@@ -238,7 +238,7 @@ class GeneratorTask(loop.Task):
       for i, batch in enumerate(eval_data.iterator()):
         if i >= self.config.eval.num_batches:
           break
-        b = sharding.global_batch(dict(batch), self.mesh)
+        b = sharding.global_batch(_pad_batch(batch, jax.local_device_count()), self.mesh)
         s, n = self._eval_fn(params, b, jax.random.fold_in(jax.random.key(1234), i))
         total, count = total + float(s), count + float(n)
       out[f"eval/{prefix}_loss"] = total / max(count, 1.0)
@@ -268,6 +268,19 @@ class GeneratorTask(loop.Task):
     labels, keys = jax.device_put((jnp.asarray(labels), keys), rep)
     images = jax.jit(fn, out_shardings=rep)(state.ema_params, self._tok_params, labels, keys)
     return {"samples": image_utils.make_grid(np.asarray(images), ncols=min(8, n))}
+
+
+def _pad_batch(batch: dict, multiple: int) -> dict:
+  """Pads an eval batch (with mask False rows) to a multiple of the local device count."""
+  n = len(batch["mask"])
+  pad = -n % multiple
+  if not pad:
+    return dict(batch)
+  out = {
+    k: np.concatenate([v, np.repeat(np.asarray(v)[-1:], pad, axis=0)]) for k, v in batch.items()
+  }
+  out["mask"][n:] = False
+  return out
 
 
 def train(config, workdir):
