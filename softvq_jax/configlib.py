@@ -233,13 +233,13 @@ def generator_config(variant: str, arg: str | None = None) -> ConfigDict:
   """SiT (or DiT, kind=dit) on tokenizer latents (SPEC §2.2) for `variant` in S/B/L/XL.
 
   Arguments: tokenizer=<model dir or workdir> (for sample grids; default: the cache's), kind
-  (sit|dit), tokens / res (documentation of the intended latents; the model takes L and D from
-  the latent cache), quick (a tiny SiT on cached latents of the bundled photos, CPU minutes).
+  (sit|dit), tokens (0: L from the latents; else checked against them), res (image size, for
+  the record; the cache's wins), quick (a tiny SiT on cached latents of the bundled photos).
   The latents: --config.data.path=<cache dir> (data.name=latents).
   """
   if variant not in GENERATOR_VARIANTS:
     raise ValueError(f"unknown generator variant {variant!r}; choose from {GENERATOR_VARIANTS}")
-  a = parse_arg(arg, tokenizer="", kind="sit", tokens=64, res=256, quick=False)
+  a = parse_arg(arg, tokenizer="", kind="sit", tokens=0, res=256, quick=False)
   if a.kind not in ("sit", "dit"):
     raise ValueError(f"kind={a.kind!r}; use sit or dit")
   c = ConfigDict()
@@ -259,7 +259,7 @@ def generator_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.model.name = a.kind
   c.model.variant = variant
   c.model.patch_size = 1  # 1-D tokens ("/1")
-  c.model.num_tokens = 0  # 0: from the latents (resolved into the saved config)
+  c.model.num_tokens = a.tokens  # 0: from the latents (resolved into the saved config)
   c.model.dim = 0
   c.model.num_classes = 1000
   c.model.class_dropout_prob = 0.1
