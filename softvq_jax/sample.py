@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=250)
   p.add_argument("--heun", action="store_true", help="Heun instead of Euler (ode)")
   p.add_argument("--cfg-scale", type=float, default=1.75, help="1 disables guidance")
-  p.add_argument("--cfg-interval", default="0,0.7", help="guidance only for lo <= t <= hi")
+  p.add_argument(
+    "--cfg-interval", default="0,0.7", help="SiT: guidance only for lo <= t <= hi (DiT: always)"
+  )
   p.add_argument(
     "--path",
     choices=["linear", "cosine"],
