@@ -1,4 +1,4 @@
-"""Sample class-conditional images from a SiT/DiT generator: PNGs and an ADM `.npz`.
+r"""Sample class-conditional images from a SiT/DiT generator: PNGs and an ADM `.npz`.
 
   python -m softvq_jax.sample --model runs/sit_xl --tokenizer exported/softvq_b64 --num 50000 \
       --batch 256 --sampler sde --steps 250 --cfg-scale 1.75 --cfg-interval 0,0.7 --out samples/
