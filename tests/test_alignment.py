@@ -15,7 +15,7 @@ E, DEPTH, HEADS = 128, 2, 2  # the "tiny" test variant (64-dim heads as every DI
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-def timm_state_dict(grid, patch=14, n_reg=0, seed=0):
+def timm_state_dict(grid, patch=14, n_reg=0, seed=0, swiglu=False):
   """Random weights with the exact key/shape layout of timm's vit_*_patch14_dinov2(_reg4)."""
   rs = np.random.RandomState(seed)
   r = lambda *s, std=0.05: (std * rs.randn(*s)).astype(np.float32)
@@ -36,8 +36,8 @@ def timm_state_dict(grid, patch=14, n_reg=0, seed=0):
     for name, (o, i_) in {
       "attn.qkv": (3 * E, E),
       "attn.proj": (E, E),
-      "mlp.fc1": (4 * E, E),
-      "mlp.fc2": (E, 4 * E),
+      "mlp.fc1": (512 if swiglu else 4 * E, E),  # ViT-g: packed SwiGLU, hidden 256
+      "mlp.fc2": (E, 256 if swiglu else 4 * E),
     }.items():
       sd[b + name + ".weight"], sd[b + name + ".bias"] = r(o, i_, std=0.1), r(o, std=0.1)
     sd[b + "ls1.gamma"], sd[b + "ls2.gamma"] = 1 + r(E), 1 + r(E)
@@ -75,18 +75,23 @@ def np_dinov2(sd, x_nhwc, patch, n_reg=0):
     t = t + p("ls1.gamma") * (o @ p("attn.proj.weight").T + p("attn.proj.bias"))
     h = np_ln(t, p("norm2.weight"), p("norm2.bias"))
     h = h @ p("mlp.fc1.weight").T + p("mlp.fc1.bias")
-    h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    if h.shape[-1] == 2 * p("mlp.fc2.weight").shape[1]:  # SwiGLUPacked: silu(x1) * x2
+      x1, x2 = np.split(h, 2, axis=-1)
+      h = x1 / (1 + np.exp(-x1)) * x2
+    else:
+      h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
     t = t + p("ls2.gamma") * (h @ p("mlp.fc2.weight").T + p("mlp.fc2.bias"))
   t = np_ln(t, sd["norm.weight"], sd["norm.bias"])
   return t[:, 1 + n_reg :]
 
 
-@pytest.mark.parametrize("n_reg", [0, 4])
-def test_teacher_roundtrip_and_forward_matches_numpy(tmp_path, n_reg):
-  sd = timm_state_dict(grid=2, patch=16, n_reg=n_reg)  # already at patch 16 / 32px: no resampling
+@pytest.mark.parametrize("n_reg, variant", [(0, "tiny"), (4, "tiny"), (0, "tiny_g")])
+def test_teacher_roundtrip_and_forward_matches_numpy(tmp_path, n_reg, variant):
+  # already at patch 16 / 32px: no resampling
+  sd = timm_state_dict(grid=2, patch=16, n_reg=n_reg, swiglu=variant == "tiny_g")
   path = tmp_path / "model.safetensors"
   io.save_safetensors({**sd, "mask_token": np.zeros((1, E), np.float32)}, path)
-  p = dinov2.load_teacher_params(path, variant="tiny", image_size=32)
+  p = dinov2.load_teacher_params(path, variant=variant, image_size=32)
   np.testing.assert_array_equal(p["pos_embed"], sd["pos_embed"])
   np.testing.assert_array_equal(p["blocks_1"]["ls2"]["gamma"], sd["blocks.1.ls2.gamma"])
   np.testing.assert_array_equal(
