@@ -38,6 +38,7 @@ TEACHER_VARIANTS = {
   "L": (24, 1024, 4096, False),  # vit_large_patch14_dinov2.lvd142m (the reference recipe)
   "G": (40, 1536, 4096, True),  # vit_giant_patch14_dinov2.lvd142m
   "tiny": (2, 128, 512, False),
+  "tiny_g": (2, 128, 256, True),
 }
 
 

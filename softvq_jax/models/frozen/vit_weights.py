@@ -89,16 +89,15 @@ def check_shapes(tree: Any, expected: Any, what: str, config_key: str) -> None:
 
 
 def random_like(shapes: Any, seed_key) -> Any:
-  """Random float32 stand-ins N(0, 0.02) (norm scales 1) with the shapes of `shapes`."""
+  """Random float32 stand-ins N(0, 0.02) (LayerNorm scales 1) with the shapes of `shapes`."""
   import jax
 
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  keys = jax.random.split(seed_key, len(leaves))
-  out = []
-  for (path, leaf), k in zip(leaves, keys, strict=True):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name == "scale":
-      out.append(np.ones(leaf.shape, np.float32))
-    else:
-      out.append(np.asarray(0.02 * jax.random.normal(k, leaf.shape), np.float32))
-  return jax.tree_util.tree_unflatten(treedef, out)
+  seed = int(jax.random.randint(seed_key, (), 0, 2**31 - 1))
+  rs = np.random.RandomState(seed)
+
+  def leaf(path, s):
+    if str(getattr(path[-1], "key", path[-1])) == "scale":
+      return np.ones(s.shape, np.float32)
+    return (0.02 * rs.standard_normal(s.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
