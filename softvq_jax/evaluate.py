@@ -1,0 +1,121 @@
+"""Evaluation command: tokenizer reconstruction metrics (rFID, PSNR, SSIM, LPIPS, codebook usage).
+
+  python -m softvq_jax.evaluate --model=exported/softvq_bl64 --config=configs/tokenizer_b.py \
+    --config.data.name=imagenet --split=validation --inception=pt_inception.safetensors --out=ev
+  python -m softvq_jax.evaluate --workdir=runs/quick --data=photos --crops=4 \
+    --inception_random_init --out=/tmp/ev   # smoke test: metrics not comparable
+
+Writes `summary.json` and `reconstructions.png` (originals | reconstructions) to --out. The logic
+lives in `softvq_jax.evaluation.reconstruction` (importable, used by the Colab helpers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_MODE = flags.DEFINE_enum("mode", "tokenizer", ["tokenizer"], "What to evaluate.")
+_MODEL = flags.DEFINE_string("model", None, "Exported tokenizer model dir (config.json + params).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (EMA params of a checkpoint).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: latest).")
+_RAW = flags.DEFINE_bool("raw", False, "Evaluate the raw instead of the EMA params.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file whose `data` section names the dataset (default: the model's)."
+)
+_DATA = flags.DEFINE_string("data", None, "Shortcut for the dataset name (photos|folder|imagenet).")
+_SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate (data.eval_split).")
+_NUM = flags.DEFINE_integer("num_images", 0, "First N images of the split (0: all).")
+_CROPS = flags.DEFINE_integer("crops", 1, "Views per image: 1 = ADM center crop (the protocol).")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per batch and process.")
+_INCEPTION = flags.DEFINE_string(
+  "inception", None, "pt_inception-2015-12-05 weights (.safetensors/.npz, or .pth with torch)."
+)
+_RANDOM_INCEPTION = flags.DEFINE_bool(
+  "inception_random_init", False, "Random Inception weights (tests only; metrics not comparable)."
+)
+_REF = flags.DEFINE_string("ref_stats", None, "ADM reference batch with mu/sigma (optional).")
+_LPIPS_VGG = flags.DEFINE_string("lpips_vgg", None, "VGG16 weights for LPIPS (optional).")
+_LPIPS_LIN = flags.DEFINE_string("lpips_lin", None, "LPIPS linear heads (optional).")
+_PR = flags.DEFINE_bool("precision_recall", False, "Also precision/recall (keeps pool rows).")
+_GRID = flags.DEFINE_integer("grid_images", 16, "Images in reconstructions.png.")
+_NPZ = flags.DEFINE_bool("save_npz", False, "Write the uint8 reconstructions as an ADM .npz.")
+_SAVE_EVERY = flags.DEFINE_integer("save_every", 50, "Save the resumable state every N batches.")
+_RESUME = flags.DEFINE_bool("resume", True, "Resume from out/eval_state.npz if present.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_DISTRIBUTED = flags.DEFINE_enum(
+  "distributed", "auto", ["auto", "true", "false"], "jax.distributed.initialize() (as main)."
+)
+flags.mark_flags_as_required(["out"])
+
+
+def _distributed_init():
+  import jax
+
+  if _DISTRIBUTED.value == "true" or (
+    _DISTRIBUTED.value == "auto"
+    and (
+      os.environ.get("SLURM_NTASKS", "1") not in ("", "1")
+      or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    )
+  ):
+    jax.distributed.initialize()
+
+
+def _hide_accelerators_from_tf():
+  """tf.data runs on CPU only (softvq_jax.main does the same; importing it would clash flags)."""
+  try:
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (ImportError, RuntimeError, ValueError):
+    pass
+
+
+def _data_config():
+  cfg = _CONFIG.value.data if _CONFIG.value is not None else None
+  if _DATA.value:
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(cfg.to_dict() if cfg is not None else {})
+    cfg.name = _DATA.value
+  return cfg
+
+
+def main(argv):
+  del argv
+  if bool(_MODEL.value) == bool(_WORKDIR.value):
+    raise app.UsageError("pass exactly one of --model (exported dir) and --workdir (training run)")
+  _hide_accelerators_from_tf()
+  _distributed_init()
+  from softvq_jax.evaluation import reconstruction
+
+  summary = reconstruction.evaluate_tokenizer(
+    _MODEL.value or _WORKDIR.value,
+    _OUT.value,
+    data_cfg=_data_config(),
+    split=_SPLIT.value,
+    num_images=_NUM.value,
+    crops=_CROPS.value,
+    batch_size=_BATCH.value,
+    inception_path=_INCEPTION.value,
+    inception_random_init=_RANDOM_INCEPTION.value,
+    ref_stats=_REF.value,
+    lpips_vgg=_LPIPS_VGG.value,
+    lpips_lin=_LPIPS_LIN.value,
+    precision_recall=_PR.value,
+    grid_images=_GRID.value,
+    save_npz=_NPZ.value,
+    save_every=_SAVE_EVERY.value,
+    resume=_RESUME.value,
+    ema=not _RAW.value,
+    step=_STEP.value,
+  )
+  print(json.dumps({k: v for k, v in summary.items() if k != "protocol"}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+  app.run(main)
