@@ -8,39 +8,21 @@ itself (random weights, real shapes) is exercised by `test_inception_feature_pat
 
 import json
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
-from softvq_jax import checkpointing, configlib, data, inference
+from softvq_jax import data, inference
 from softvq_jax.evaluation import common, image_metrics, metrics, reconstruction
-from softvq_jax.models.factory import build_tokenizer
 
-S = 32
-
-
-def tiny_tokenizer_config():
-  c = configlib.tokenizer_config("B", "quick")
-  c.model.image_size = S
-  for part in (c.model.encoder, c.model.decoder):
-    part.variant, part.patch_size, part.depth, part.width, part.heads = "mu", 8, 1, 32, 2
-  c.model.num_latent_tokens, c.model.codebook_embed_dim = 8, 4
-  c.quantizer.codebook_size, c.quantizer.num_codebooks = 16, 2
-  configlib.validate(c)
-  return c
+S = TOKENIZER_SIZE
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  c = tiny_tokenizer_config()
-  model = build_tokenizer(c.model, c.quantizer)
-  params = model.init(
-    {"params": jax.random.key(0), "sample": jax.random.key(1)}, jnp.zeros((1, S, S, 3))
-  )["params"]
-  return checkpointing.save_model(tmp_path_factory.mktemp("tok") / "model", params, c.to_dict())
+  return save_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "model")
 
 
 _RNG = np.random.default_rng(0)

@@ -58,6 +58,24 @@ def inception_feature_fn(params: Any, mesh=None):
   return features.make_feature_fn(inception.apply_features, params, mesh)
 
 
+def tiny_feature_fn(seed: int = 0):
+  """A cheap stand-in for the Inception (smoke tests only; numbers are NOT comparable).
+
+  uint8 (n, H, W, 3) -> {pool (n, 64), spatial (n, 32), logits (n, 16)}: an 8 x 8 average pool
+  and fixed random projections. Small dimensions keep the Fréchet sqrtm instant on a CPU.
+  """
+  rng = np.random.default_rng(seed)
+  w = {k: rng.normal(size=(192, d)) / 8 for k, d in (("pool", 64), ("spatial", 32), ("logits", 16))}
+
+  def fn(images: np.ndarray) -> dict[str, np.ndarray]:
+    x = np.asarray(images, np.float64) / 127.5 - 1.0
+    n, h, wd, _ = x.shape
+    x = x[:, : h // 8 * 8, : wd // 8 * 8].reshape(n, 8, h // 8, 8, wd // 8, 3).mean((2, 4))
+    return {k: np.tanh(x.reshape(n, 192) @ m).astype(np.float32) for k, m in w.items()}
+
+  return fn
+
+
 def reference_statistics(path: str | None) -> dict[str, np.ndarray] | None:
   """mu/sigma/mu_s/sigma_s of an ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz)."""
   if not path:
