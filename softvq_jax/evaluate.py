@@ -1,12 +1,16 @@
-"""Evaluation command: tokenizer reconstruction metrics (rFID, PSNR, SSIM, LPIPS, codebook usage).
+"""Evaluation command: a tokenizer's reconstructions or a generator's samples, ADM's protocol.
 
+Tokenizer (rFID, sFID, IS, PSNR, SSIM, LPIPS, codebook usage; summary.json, reconstructions.png):
   python -m softvq_jax.evaluate --model=exported/softvq_bl64 --config=configs/tokenizer_b.py \
     --config.data.name=imagenet --split=validation --inception=pt_inception.safetensors --out=ev
   python -m softvq_jax.evaluate --workdir=runs/quick --data=photos --crops=4 \
     --inception_random_init --out=/tmp/ev   # smoke test: metrics not comparable
+Generator (gFID, sFID, IS, precision, recall vs an ADM reference batch; the ADM sample .npz):
+  python -m softvq_jax.evaluate --mode=generation --model=runs/sit_xl --tokenizer=exported/b64 \
+    --num_samples=50000 --sampler=sde --steps=250 --cfg_scale=1.75 --cfg_interval=0,0.7 \
+    --ref_batch=VIRTUAL_imagenet256_labeled.npz --inception=pt_inception.safetensors --out=gen
 
-Writes `summary.json` and `reconstructions.png` (originals | reconstructions) to --out. The logic
-lives in `softvq_jax.evaluation.reconstruction` (importable, used by the Colab helpers).
+The logic lives in `softvq_jax.evaluation.reconstruction` / `.generation` (importable).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-_MODE = flags.DEFINE_enum("mode", "tokenizer", ["tokenizer"], "What to evaluate.")
-_MODEL = flags.DEFINE_string("model", None, "Exported tokenizer model dir (config.json + params).")
+_MODE = flags.DEFINE_enum("mode", "tokenizer", ["tokenizer", "generation"], "What to evaluate.")
+_MODEL = flags.DEFINE_string("model", None, "Model dir (config.json + params) to evaluate.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (EMA params of a checkpoint).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: latest).")
 _RAW = flags.DEFINE_bool("raw", False, "Evaluate the raw instead of the EMA params.")
@@ -39,12 +43,31 @@ _RANDOM_INCEPTION = flags.DEFINE_bool(
 _REF = flags.DEFINE_string("ref_stats", None, "ADM reference batch with mu/sigma (optional).")
 _LPIPS_VGG = flags.DEFINE_string("lpips_vgg", None, "VGG16 weights for LPIPS (optional).")
 _LPIPS_LIN = flags.DEFINE_string("lpips_lin", None, "LPIPS linear heads (optional).")
-_PR = flags.DEFINE_bool("precision_recall", False, "Also precision/recall (keeps pool rows).")
+_PR = flags.DEFINE_bool(
+  "precision_recall", None, "Precision/recall (keeps pool rows); default: generation only."
+)
 _GRID = flags.DEFINE_integer("grid_images", 16, "Images in reconstructions.png.")
 _NPZ = flags.DEFINE_bool("save_npz", False, "Write the uint8 reconstructions as an ADM .npz.")
 _SAVE_EVERY = flags.DEFINE_integer("save_every", 50, "Save the resumable state every N batches.")
 _RESUME = flags.DEFINE_bool("resume", True, "Resume from out/eval_state.npz if present.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
+# Generation mode
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer dir (default: the generator's).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 50_000, "Samples to generate.")
+_CLASSES = flags.DEFINE_string("classes", "", 'Classes cycled over the samples: "" all, "0-9".')
+_SAMPLER = flags.DEFINE_enum(
+  "sampler", None, ["sde", "ode", "diffusion"], "Default: sde (SiT), diffusion (DiT)."
+)
+_STEPS = flags.DEFINE_integer("steps", 250, "Sampler steps.")
+_HEUN = flags.DEFINE_bool("heun", False, "Heun instead of Euler (ode).")
+_CFG = flags.DEFINE_float("cfg_scale", 1.75, "Classifier-free guidance scale (1: none).")
+_INTERVAL = flags.DEFINE_string("cfg_interval", "0,0.7", "Guidance only for low <= t <= high.")
+_PATH = flags.DEFINE_enum("path", "linear", ["linear", "cosine"], "Interpolant (SDE score).")
+_SCHEDULE = flags.DEFINE_enum("noise_schedule", "cosine", ["linear", "cosine"], "DiT schedule.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sample i uses fold_in(key(seed), i).")
+_REF_BATCH = flags.DEFINE_string("ref_batch", None, "ADM reference batch (VIRTUAL_*.npz).")
+_PART = flags.DEFINE_integer("part_size", 1000, "Samples per resumable part.")
+_KEEP_PARTS = flags.DEFINE_bool("keep_parts", False, "Keep the part files after assembling.")
 _DISTRIBUTED = flags.DEFINE_enum(
   "distributed", "auto", ["auto", "true", "false"], "jax.distributed.initialize() (as main)."
 )
@@ -85,15 +108,63 @@ def _data_config():
   return cfg
 
 
+def _generation():
+  from softvq_jax.evaluation import generation
+  from softvq_jax.sampling.generate import SamplerSettings, load_generator
+
+  gen = load_generator(_MODEL.value or _WORKDIR.value, _TOKENIZER.value, ema=not _RAW.value)
+  try:
+    lo, hi = (float(v) for v in _INTERVAL.value.split(","))
+  except ValueError as e:
+    raise app.UsageError(f"--cfg_interval={_INTERVAL.value!r}: expected low,high") from e
+  settings = SamplerSettings(
+    sampler=_SAMPLER.value or ("diffusion" if gen.is_dit else "sde"),
+    steps=_STEPS.value,
+    heun=_HEUN.value,
+    cfg_scale=_CFG.value,
+    cfg_interval=(lo, hi),
+    path=_PATH.value,
+    noise_schedule=_SCHEDULE.value,
+  )
+  return generation.evaluate_generation(
+    gen,
+    _OUT.value,
+    settings=settings,
+    num_samples=_NUM_SAMPLES.value,
+    classes=_CLASSES.value,
+    batch_size=_BATCH.value,
+    part_size=_PART.value,
+    seed=_SEED.value,
+    ref_batch=_REF_BATCH.value,
+    inception_path=_INCEPTION.value,
+    inception_random_init=_RANDOM_INCEPTION.value,
+    precision_recall=_PR.value if _PR.value is not None else True,
+    keep_parts=_KEEP_PARTS.value,
+  )
+
+
 def main(argv):
   del argv
   if bool(_MODEL.value) == bool(_WORKDIR.value):
     raise app.UsageError("pass exactly one of --model (exported dir) and --workdir (training run)")
+  if not _INCEPTION.value and not _RANDOM_INCEPTION.value:
+    raise app.UsageError(
+      "no Inception weights: pass --inception=/path/to/pt_inception-2015-12-05.safetensors "
+      "(or --inception_random_init for a smoke test whose metrics are not comparable)"
+    )
   _hide_accelerators_from_tf()
   _distributed_init()
+  if _MODE.value == "generation":
+    summary = _generation()
+  else:
+    summary = _tokenizer()
+  print(json.dumps({k: v for k, v in summary.items() if k != "protocol"}, indent=2, default=str))
+
+
+def _tokenizer():
   from softvq_jax.evaluation import reconstruction
 
-  summary = reconstruction.evaluate_tokenizer(
+  return reconstruction.evaluate_tokenizer(
     _MODEL.value or _WORKDIR.value,
     _OUT.value,
     data_cfg=_data_config(),
@@ -106,7 +177,7 @@ def main(argv):
     ref_stats=_REF.value,
     lpips_vgg=_LPIPS_VGG.value,
     lpips_lin=_LPIPS_LIN.value,
-    precision_recall=_PR.value,
+    precision_recall=bool(_PR.value),
     grid_images=_GRID.value,
     save_npz=_NPZ.value,
     save_every=_SAVE_EVERY.value,
@@ -114,7 +185,6 @@ def main(argv):
     ema=not _RAW.value,
     step=_STEP.value,
   )
-  print(json.dumps({k: v for k, v in summary.items() if k != "protocol"}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -135,9 +135,13 @@ def test_interrupted_evaluation_resumes_exactly(tmp_path, model_dir):
   path = tmp_path / "state.npz"
   with pytest.raises(KeyboardInterrupt):
     reconstruction.run_reconstruction(
-      fn, standin_features, interrupted(), reconstruction.ReconstructionState(True, 2, 16),
-      state_path=path, save_every=2,
-    )  # fmt: skip
+      fn,
+      standin_features,
+      interrupted(),
+      reconstruction.ReconstructionState(True, 2, 16),
+      state_path=path,
+      save_every=2,
+    )
   resumed = reconstruction.ReconstructionState(True, 2, 16)
   reconstruction.run_reconstruction(
     fn, standin_features, iter(batches), resumed, state_path=path, save_every=2
