@@ -3,7 +3,8 @@
 import pathlib
 
 import pytest
-from tiny_models import save_tiny_tokenizer
+from tiny_models import TOKENIZER_SIZE as S
+from tiny_models import save_tiny_sit, save_tiny_tokenizer
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -26,8 +27,20 @@ def _set_parameters(nb, **values):
 
 def test_notebook_runs_headless(tmp_path):
   model = save_tiny_tokenizer(tmp_path / "tok")
+  try:  # the SiT cell runs once the generator modules exist
+    sit = str(save_tiny_sit(tmp_path / "sit", model))
+  except ImportError:
+    sit = ""
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  _set_parameters(nb, INSTALL=False, TOKENIZER=str(model), SIT="", OUT=str(tmp_path / "out"))
+  _set_parameters(
+    nb,
+    INSTALL=False,
+    TOKENIZER=str(model),
+    SIT=sit,
+    SAMPLE_CLASSES=[1, 2, 3],
+    SAMPLE_STEPS=2,
+    OUT=str(tmp_path / "out"),
+  )
   client = nbclient.NotebookClient(
     nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
   )
@@ -38,3 +51,5 @@ def test_notebook_runs_headless(tmp_path):
   assert "tokenizer: 32px, 8 tokens" in text and "'psnr'" in text and "'rfid'" in text
   assert any("image/png" in o.get("data", {}) for o in outputs)  # the comparison grid
   assert (tmp_path / "out" / "rfid" / "summary.json").is_file()
+  if sit:
+    assert f"samples: (3, {S}, {S}, 3) uint8" in text

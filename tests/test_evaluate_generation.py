@@ -8,18 +8,15 @@ tokenizer evaluation and tested there).
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_models import TOKENIZER_SIZE as S
-from tiny_models import save_tiny_tokenizer
+from tiny_models import save_tiny_sit, save_tiny_tokenizer, tiny_sit
 
-from softvq_jax import checkpointing, inference
+from softvq_jax import inference
 from softvq_jax.evaluation import adm_npz, common, features, generation, metrics
 
 gen_lib = pytest.importorskip("softvq_jax.sampling.generate")
-sit_lib = pytest.importorskip("softvq_jax.models.sit")
 
 FEATURES = common.tiny_feature_fn(seed=3)
 SETTINGS = dict(sampler="ode", steps=2, cfg_scale=1.5, cfg_interval=(0.0, 1.0))
@@ -30,16 +27,8 @@ def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("gen")
   tok_dir = save_tiny_tokenizer(root / "tok")
   tok = inference.load_tokenizer(tok_dir)
-  model = sit_lib.SiT(
-    input_size=8, in_channels=4, patch_size=1, hidden_size=32, depth=1, num_heads=2, num_classes=10
-  )
-  x = jnp.zeros((1, 8, 4))
-  params = model.init(jax.random.key(0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-  from softvq_jax.convert.sit import generator_config
-
-  gen_dir = checkpointing.save_model(
-    root / "sit", params, {"model": {**generator_config(model), "tokenizer": str(tok_dir)}}
-  )
+  model, params = tiny_sit()
+  gen_dir = save_tiny_sit(root / "sit", tok_dir)
   return gen_lib.Generator(model, params, tok, 0.0, 1.0), gen_dir
 
 

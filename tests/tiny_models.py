@@ -30,3 +30,30 @@ def save_tiny_tokenizer(path, seed: int = 0):
     {"params": jax.random.key(seed), "sample": jax.random.key(seed + 1)}, jnp.zeros((1, s, s, 3))
   )["params"]
   return checkpointing.save_model(path, params, c.to_dict())
+
+
+def tiny_sit(num_classes: int = 10):
+  """(SiT module, params): 1 block of width 32 on the tiny tokenizer's 8 x 4 latents."""
+  from softvq_jax.models.sit import SiT
+
+  model = SiT(
+    input_size=8,
+    in_channels=4,
+    patch_size=1,
+    hidden_size=32,
+    depth=1,
+    num_heads=2,
+    num_classes=num_classes,
+  )
+  x = jnp.zeros((1, 8, 4))
+  params = model.init(jax.random.key(0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+  return model, params
+
+
+def save_tiny_sit(path, tokenizer_dir):
+  """A tiny random SiT model dir that records `tokenizer_dir` as its tokenizer."""
+  from softvq_jax.convert.sit import generator_config
+
+  model, params = tiny_sit()
+  config = {"model": {**generator_config(model), "tokenizer": str(tokenizer_dir)}}
+  return checkpointing.save_model(path, params, config)
