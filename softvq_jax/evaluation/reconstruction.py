@@ -354,6 +354,12 @@ def evaluate_tokenizer(
       )
     data_cfg = ml_collections.ConfigDict(tok.config["data"])
   image_size = int(tok.config["model"]["image_size"])
+  if data_cfg.get("name") != "imagenet" and split != "validation":
+    print(
+      f"note: --split={split!r} selects TFDS splits (data.name=imagenet) only; evaluating the "
+      f"held-out images of data.name={data_cfg.get('name')!r}",
+      flush=True,
+    )
   eval_data = data.build_eval_data(
     eval_data_config(data_cfg, split, crops),
     image_size=image_size,
