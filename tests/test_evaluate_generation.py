@@ -109,11 +109,12 @@ def test_interrupted_generation_resumes_with_the_same_samples(tmp_path, models):
 
   calls = []
 
-  def failing(lab, start):
-    if start >= 6:
-      raise KeyboardInterrupt
+  def make_batches(start, fail_at=None):  # batches of 2 rows: parts of 3 straddle them
     calls.append(start)
-    return sample_fn(lab, start)
+    for s in range(start, 9, 2):
+      if fail_at is not None and s >= fail_at:
+        raise KeyboardInterrupt
+      yield sample_fn(labels[s : min(s + 2, 9)], s)
 
   def acc(d):
     return features.FeatureAccumulator(("pool", "spatial"), ("logits", "pool"), d, capacity=9)
@@ -121,20 +122,20 @@ def test_interrupted_generation_resumes_with_the_same_samples(tmp_path, models):
   parts = tmp_path / "parts"
   with pytest.raises(KeyboardInterrupt):
     generation.generate_and_extract(
-      failing, labels, 0, 9, FEATURES, acc(parts / "r"), parts, part_size=3
+      lambda s: make_batches(s, fail_at=6),
+      labels,
+      0,
+      9,
+      FEATURES,
+      acc(parts / "r"),
+      parts,
+      part_size=3,
     )
   resumed = acc(parts / "r")
   files = generation.generate_and_extract(
-    lambda lab, s: calls.append(s) or sample_fn(lab, s),
-    labels,
-    0,
-    9,
-    FEATURES,
-    resumed,
-    parts,
-    part_size=3,
+    make_batches, labels, 0, 9, FEATURES, resumed, parts, part_size=3
   )
-  assert calls == [0, 3, 6]  # parts 0 and 3 were not generated again
+  assert calls == [0, 6]  # the resumed run starts at the third part (samples 0-5 were done)
   straight = features.FeatureAccumulator(("pool", "spatial"), ("logits", "pool"))
   images = np.concatenate([np.load(p)["arr_0"] for p in files])
   np.testing.assert_array_equal(images, sample_fn(labels, 0))

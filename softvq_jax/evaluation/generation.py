@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -76,7 +76,7 @@ def _in_memory(acc: features.FeatureAccumulator) -> features.FeatureAccumulator:
 
 
 def generate_and_extract(
-  sample_fn: Callable[[np.ndarray, int], np.ndarray],
+  make_batches: Callable[[int], Iterator[np.ndarray]],
   labels: np.ndarray,
   lo: int,
   hi: int,
@@ -89,32 +89,40 @@ def generate_and_extract(
 ) -> list[pathlib.Path]:
   """Samples [lo, hi) part by part: part file, features, state; resumes after the last state.
 
-  sample_fn(labels (b,), start_index) -> uint8 (b, S, S, 3) for sample indices start_index + j.
-  Returns the part files in order.
+  make_batches(start) yields uint8 (b, S, S, 3) batches of the samples start, start + 1, ...,
+  hi - 1 in order (one sampling pipeline, compiled once, for the whole run). Returns the part
+  files in order.
   """
   state_path = parts_dir / f"features_{lo:08d}_{hi:08d}.npz"
   if state_path.is_file():
     acc.load(state_path)
     if acc.count:
       print(f"resuming generation after {acc.count} samples ({state_path})", flush=True)
-  parts = []
-  for start in range(lo, hi, part_size):
+  starts = list(range(lo, hi, part_size))
+  parts = [parts_dir / f"part_{s:08d}_{min(s + part_size, hi):08d}.npz" for s in starts]
+  if lo + acc.count < hi and lo + acc.count not in starts:
+    raise RuntimeError(
+      f"{state_path} holds {acc.count} samples, not at a part boundary of part_size "
+      f"{part_size}; rerun with the part_size of the interrupted run or delete {parts_dir}"
+    )
+  batches: Iterator[np.ndarray] | None = None
+  pending: list[np.ndarray] = []
+  for start, path in zip(starts, parts):
     end = min(start + part_size, hi)
-    path = parts_dir / f"part_{start:08d}_{end:08d}.npz"
-    parts.append(path)
     if acc.count >= end - lo:
       continue  # done before the interruption
-    if acc.count != start - lo:
-      raise RuntimeError(
-        f"{state_path} holds {acc.count} samples, not at a part boundary of part_size "
-        f"{part_size}; rerun with the part_size of the interrupted run or delete {parts_dir}"
-      )
-    images = sample_fn(labels[start:end], start)
+    if batches is None:
+      batches = iter(make_batches(start))
+    while sum(len(b) for b in pending) < end - start:
+      pending.append(np.asarray(next(batches)))
+    rows = np.concatenate(pending)
+    images, rest = rows[: end - start], rows[end - start :]
+    pending = [rest] if len(rest) else []
     adm_npz.save_samples_npz(path, images, labels[start:end])
     acc.update(feature_fn(images))
     acc.save(state_path)
     if progress is not None:
-      progress.update((acc.count) * jax.process_count())
+      progress.update(acc.count * jax.process_count())
   return parts
 
 
@@ -181,11 +189,11 @@ def evaluate_generation(
   parts_dir = out_dir / "parts"
   parts_dir.mkdir(parents=True, exist_ok=True)
 
-  def sample_fn(lab: np.ndarray, start: int) -> np.ndarray:
-    batches = gen_lib.generate(
-      gen, lab, settings, batch_size=batch_size, seed=seed, start_index=start
+  def make_batches(start: int) -> Iterator[np.ndarray]:
+    it = gen_lib.generate(
+      gen, labels[start:hi], settings, batch_size=batch_size, seed=seed, start_index=start
     )
-    return np.concatenate([im for im, _ in batches])
+    return (images for images, _ in it)
 
   keep = ("logits", "pool") if precision_recall and ref is not None else ("logits",)
   acc = features.FeatureAccumulator(
@@ -198,7 +206,7 @@ def evaluate_generation(
     flush=True,
   )
   parts = generate_and_extract(
-    sample_fn, labels, lo, hi, feature_fn, acc, parts_dir, part_size=part_size, progress=progress
+    make_batches, labels, lo, hi, feature_fn, acc, parts_dir, part_size=part_size, progress=progress
   )
   progress.update(acc.count * pc, force=True)
   samples_per_s = progress.rate()
