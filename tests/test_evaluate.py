@@ -230,3 +230,35 @@ def test_lpips_branch_matches_lpips(model_dir):
   np.testing.assert_allclose(out["lpips"], np.asarray(ref).reshape(-1), rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="lpips_lin"):
     reconstruction.lpips_components("vgg.safetensors", None)
+
+
+def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):
+  fake = pytest.importorskip("fake_imagenet")
+  data_dir = fake.prepare_fake_imagenet(
+    tmp_path / "imagenet", num_classes=2, per_class=2, num_val=5, bad_images=False
+  )
+  cfg = ml_collections.ConfigDict(
+    dict(name="imagenet", data_dir=str(data_dir), manual_dir="", num_workers=1, prefetch=1)
+  )
+  summary = reconstruction.evaluate_tokenizer(
+    model_dir,
+    tmp_path / "out",
+    data_cfg=cfg,
+    split="validation",
+    batch_size=2,
+    feature_fn=standin_features,
+  )
+  assert summary["num_images"] == 5 and summary["split"] == "validation"
+  # The same 5 validation images, ADM center crop, through the tokenizer independently.
+  ev = data.build_eval_data(
+    reconstruction.eval_data_config(cfg, "validation", 1), image_size=S, batch_size=8
+  )
+  x = np.concatenate([b["image"][b["mask"]] for b in ev.iterator()])
+  tok = inference.load_tokenizer(model_dir)
+  xu8 = image_metrics.to_uint8(x)
+  ru8 = image_metrics.to_uint8(tok.decode(tok.encode(x)[0]))
+  np.testing.assert_allclose(
+    summary["psnr"], np.mean(image_metrics.psnr(xu8, ru8, 255.0)), rtol=1e-5
+  )
+  fr, ff = standin_features(xu8), standin_features(ru8)
+  np.testing.assert_allclose(summary["rfid"], _fid(fr["pool"], ff["pool"]), rtol=1e-6)
