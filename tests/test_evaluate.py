@@ -214,8 +214,8 @@ def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
 
 def test_lpips_branch_matches_lpips(model_dir):
   perceptual = pytest.importorskip("softvq_jax.losses.perceptual")
-  vgg = pytest.importorskip("softvq_jax.models.frozen.vgg")
-  lp_params = vgg.load_lpips_params(None, None, random_init=True)
+  loader = pytest.importorskip("softvq_jax.convert.lpips")
+  lp_params = loader.load_lpips_params(None, None, random_init=True)
   tok = inference.load_tokenizer(model_dir)
   fn = reconstruction.make_reconstruct_fn(
     reconstruction.tokenizer_round_trip(tok),
@@ -228,8 +228,10 @@ def test_lpips_branch_matches_lpips(model_dir):
   to_f = lambda u: u.astype(np.float32) / 127.5 - 1
   ref = perceptual.lpips(lp_params, to_f(out["original"]), to_f(out["reconstruction"]))
   np.testing.assert_allclose(out["lpips"], np.asarray(ref).reshape(-1), rtol=1e-4, atol=1e-6)
-  with pytest.raises(ValueError, match="lpips_lin"):
+  with pytest.raises(ValueError, match="--lpips_lin"):
     reconstruction.lpips_components("vgg.safetensors", None)
+  with pytest.raises(FileNotFoundError, match="lpips_lin_path"):
+    reconstruction.lpips_components(None, "missing_lin.pth")
 
 
 def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):

@@ -260,18 +260,22 @@ def summarize(
 
 
 def lpips_components(vgg_path: str | None, lin_path: str | None):
-  """(lpips_fn, params) from the two LPIPS weight files, or (None, None) without them."""
+  """(lpips_fn, params) from the LPIPS weight files, or (None, None) without them.
+
+  lin_path: the LPIPS heads (vgg.pth) or a full LPIPS state dict; vgg_path: the VGG16 trunk
+  (may be empty when the lin file holds the trunk too).
+  """
   if not vgg_path and not lin_path:
     return None, None
-  if not (vgg_path and lin_path):
-    raise ValueError("LPIPS needs both --lpips_vgg (VGG16 weights) and --lpips_lin (LPIPS heads)")
+  if not lin_path:
+    raise ValueError("LPIPS needs --lpips_lin (the LPIPS heads) besides --lpips_vgg")
   try:
+    from softvq_jax.convert.lpips import load_lpips_params
     from softvq_jax.losses.perceptual import lpips
-    from softvq_jax.models.frozen.vgg import load_lpips_params
   except ImportError as e:
     raise ImportError(
       "LPIPS evaluation needs softvq_jax.losses.perceptual.lpips and "
-      "softvq_jax.models.frozen.vgg.load_lpips_params, which this checkout lacks; drop "
+      "softvq_jax.convert.lpips.load_lpips_params, which this checkout lacks; drop "
       f"--lpips_vgg/--lpips_lin or update the code ({e})"
     ) from e
   return lpips, load_lpips_params(vgg_path, lin_path)
