@@ -41,8 +41,10 @@ _RANDOM_INCEPTION = flags.DEFINE_bool(
   "inception_random_init", False, "Random Inception weights (tests only; metrics not comparable)."
 )
 _REF = flags.DEFINE_string("ref_stats", None, "ADM reference batch with mu/sigma (optional).")
-_LPIPS_VGG = flags.DEFINE_string("lpips_vgg", None, "VGG16 weights for LPIPS (optional).")
-_LPIPS_LIN = flags.DEFINE_string("lpips_lin", None, "LPIPS linear heads (optional).")
+_LPIPS_VGG = flags.DEFINE_string("lpips_vgg", None, "VGG16 trunk for LPIPS (see --lpips_lin).")
+_LPIPS_LIN = flags.DEFINE_string(
+  "lpips_lin", None, "LPIPS heads (vgg.pth) or a full LPIPS state dict: enables LPIPS."
+)
 _PR = flags.DEFINE_bool(
   "precision_recall", None, "Precision/recall (keeps pool rows); default: generation only."
 )
