@@ -137,38 +137,33 @@ def assemble_npz(
   return path
 
 
-def evaluate_generation(
-  generator: Any,
+def evaluate_sample_stream(
+  make_batches: Callable[[int, int], Iterator[np.ndarray]],
+  labels: np.ndarray,
+  image_size: int,
   out_dir: str | os.PathLike,
   *,
-  settings: Any = None,
-  tokenizer: Any = None,
-  num_samples: int = 50_000,
-  classes: str = "",
-  batch_size: int = 64,
   part_size: int = 1000,
-  seed: int = 0,
+  batch_size: int = 64,
   ref_batch: str | None = None,
   inception_path: str | None = None,
   inception_random_init: bool = False,
   precision_recall: bool = True,
   keep_parts: bool = False,
   feature_fn: FeatureFn | None = None,
+  info: Mapping[str, Any] | None = None,
   log_every_s: float = 10.0,
 ) -> dict[str, Any]:
-  """Samples `num_samples` images, writes the ADM `.npz` and summary.json, returns the summary.
+  """The sampler-independent core: parts, features, the ADM `.npz`, metrics, summary.json.
 
-  generator: a generator model dir / training workdir (`generate.load_generator`, with
-    `tokenizer` overriding the recorded one) or a loaded `generate.Generator`.
-  settings: a `generate.SamplerSettings` (sampler, steps, CFG scale and interval).
-  ref_batch: an ADM reference batch; without it only IS is computed (plus the .npz).
-  feature_fn: replaces the Inception (tests; the reference statistics' dimensions are then not
-    checked against ADM's 2048 / 2023).
+  make_batches(start, stop) yields uint8 (b, S, S, 3) batches of the samples start .. stop - 1
+  (whose labels are labels[start:stop]) in order. `info` (sampler settings etc.) is added to the
+  summary. `feature_fn` replaces the Inception (tests; the reference statistics' dimensions are
+  then not checked against ADM's 2048 / 2023).
   """
-  from softvq_jax.sampling import generate as gen_lib
-
   out_dir = pathlib.Path(out_dir)
   pi, pc = jax.process_index(), jax.process_count()
+  num_samples = len(labels)
   if feature_fn is None:
     inc_params, comparable = common.inception_params(inception_path, inception_random_init)
     feature_fn = common.inception_feature_fn(inc_params)
@@ -177,36 +172,24 @@ def evaluate_generation(
   ref = None
   if ref_batch:
     ref = adm_npz.load_reference_batch(ref_batch, dims=None if not comparable else (2048, 2023))
-  gen = generator
-  if not isinstance(generator, gen_lib.Generator):
-    gen = gen_lib.load_generator(generator, tokenizer)
-  if gen.tokenizer is None:
-    raise ValueError("generation evaluation decodes images: pass the tokenizer (--tokenizer)")
-  settings = settings or gen_lib.SamplerSettings()
-  size = gen.image_size
-  labels = sample_labels(num_samples, classes, gen.model.num_classes)
   lo, hi = process_range(num_samples, pi, pc)
   parts_dir = out_dir / "parts"
   parts_dir.mkdir(parents=True, exist_ok=True)
-
-  def make_batches(start: int) -> Iterator[np.ndarray]:
-    it = gen_lib.generate(
-      gen, labels[start:hi], settings, batch_size=batch_size, seed=seed, start_index=start
-    )
-    return (images for images, _ in it)
-
   keep = ("logits", "pool") if precision_recall and ref is not None else ("logits",)
   acc = features.FeatureAccumulator(
     ("pool", "spatial"), keep, memmap_dir=parts_dir / f"rows_{lo:08d}_{hi:08d}", capacity=hi - lo
   )
   progress = common.Progress(num_samples, "samples", every_s=log_every_s)
-  print(
-    f"generation evaluation: {num_samples} samples at {size}px, {settings}, batch {batch_size}, "
-    f"{common.device_description()}",
-    flush=True,
-  )
   parts = generate_and_extract(
-    make_batches, labels, lo, hi, feature_fn, acc, parts_dir, part_size=part_size, progress=progress
+    lambda start: make_batches(start, hi),
+    labels,
+    lo,
+    hi,
+    feature_fn,
+    acc,
+    parts_dir,
+    part_size=part_size,
+    progress=progress,
   )
   progress.update(acc.count * pc, force=True)
   samples_per_s = progress.rate()
@@ -220,11 +203,9 @@ def evaluate_generation(
   )
   result = features.adm_metrics(merged, ref_acc, ref_stats)
 
+  size = image_size
   npz_path = out_dir / f"samples_{num_samples}x{size}x{size}x3.npz"
-  if pc > 1:
-    all_parts = sorted(parts_dir.glob("part_*.npz"))
-  else:
-    all_parts = parts
+  all_parts = sorted(parts_dir.glob("part_*.npz")) if pc > 1 else parts
   if pi == 0 and _complete(npz_path, num_samples):
     print(f"{npz_path} is already complete", flush=True)
   elif pi == 0:
@@ -241,17 +222,12 @@ def evaluate_generation(
           p.unlink()
   summary: dict[str, Any] = {
     "num_samples": num_samples,
-    **{k: result.get(k) for k in ("fid", "sfid", "inception_score", "precision", "recall")},
+    **{
+      k: result[k] for k in ("fid", "sfid", "inception_score", "precision", "recall") if k in result
+    },
     "npz": str(npz_path),
     "reference": str(ref_batch) if ref_batch else None,
-    "sampler": settings.sampler,
-    "steps": settings.steps,
-    "cfg_scale": settings.cfg_scale,
-    "cfg_interval": list(settings.cfg_interval),
-    "heun": settings.heun,
-    "path": settings.path,
-    "seed": seed,
-    "classes": classes or "all",
+    **dict(info or {}),
     "image_size": size,
     "batch_size": batch_size,
     "samples_per_second": samples_per_s,
@@ -260,12 +236,68 @@ def evaluate_generation(
     "inception_weights": str(inception_path) if comparable else "random-init or replaced",
     "comparable": comparable,
   }
-  summary = {k: v for k, v in summary.items() if v is not None or k == "reference"}
   if not comparable:
     summary["warning"] = common.RANDOM_INIT_WARNING
   if pi == 0:
     common.write_json(out_dir / "summary.json", summary)
   return summary
+
+
+def evaluate_generation(
+  generator: Any,
+  out_dir: str | os.PathLike,
+  *,
+  settings: Any = None,
+  tokenizer: Any = None,
+  num_samples: int = 50_000,
+  classes: str = "",
+  batch_size: int = 64,
+  seed: int = 0,
+  **kw,
+) -> dict[str, Any]:
+  """Samples `num_samples` images with a SiT/DiT, writes the ADM `.npz` and summary.json.
+
+  generator: a generator model dir / training workdir (`generate.load_generator`, with
+    `tokenizer` overriding the recorded one) or a loaded `generate.Generator`.
+  settings: a `generate.SamplerSettings` (sampler, steps, CFG scale and interval).
+  classes: "" (all, cycled: 50 per class for 50k), "0-9", "1,5,7".
+  Other keywords (ref_batch, inception_path, part_size, ...): `evaluate_sample_stream`. Without
+  a reference batch only IS is computed (plus the .npz).
+  """
+  from softvq_jax.sampling import generate as gen_lib
+
+  gen = generator
+  if not isinstance(generator, gen_lib.Generator):
+    gen = gen_lib.load_generator(generator, tokenizer)
+  if gen.tokenizer is None:
+    raise ValueError("generation evaluation decodes images: pass the tokenizer (--tokenizer)")
+  settings = settings or gen_lib.SamplerSettings()
+  labels = sample_labels(num_samples, classes, gen.model.num_classes)
+
+  def make_batches(start: int, stop: int) -> Iterator[np.ndarray]:
+    it = gen_lib.generate(
+      gen, labels[start:stop], settings, batch_size=batch_size, seed=seed, start_index=start
+    )
+    return (images for images, _ in it)
+
+  print(
+    f"generation evaluation: {num_samples} samples at {gen.image_size}px, {settings}, batch "
+    f"{batch_size}, {common.device_description()}",
+    flush=True,
+  )
+  info = {
+    "sampler": settings.sampler,
+    "steps": settings.steps,
+    "cfg_scale": settings.cfg_scale,
+    "cfg_interval": list(settings.cfg_interval),
+    "heun": settings.heun,
+    "path": settings.path,
+    "seed": seed,
+    "classes": classes or "all",
+  }
+  return evaluate_sample_stream(
+    make_batches, labels, gen.image_size, out_dir, batch_size=batch_size, info=info, **kw
+  )
 
 
 def _complete(path: pathlib.Path, num: int) -> bool:
