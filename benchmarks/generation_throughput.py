@@ -118,7 +118,10 @@ def _pipeline(model, shape, settings, tok_model, tok_params, mesh, batch, iters,
 
 def main(argv):
   del argv
-  from softvq_jax.sampling.generate import SamplerSettings
+  try:
+    from softvq_jax.sampling.generate import SamplerSettings
+  except ImportError as e:
+    raise SystemExit(f"this benchmark needs the SiT generator modules: {e}") from e
 
   dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
   steps = 4 if _TINY.value else _STEPS.value
