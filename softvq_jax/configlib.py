@@ -116,13 +116,16 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.loss.lpips_lin_path = ""
   c.loss.random_init = False  # allow random-weight teachers / discriminators (tests, CPU smoke)
   c.loss.disc = ConfigDict()
-  c.loss.disc.name = "dino"
+  c.loss.disc.name = "dino"  # dino (frozen DINO ViT-S/16 + heads) | patchgan (no weights needed)
+  c.loss.disc.ndf = 64  # patchgan width / depth
+  c.loss.disc.n_layers = 3
   c.loss.disc.weight = 0.2
   c.loss.disc.start = 20_000
   c.loss.disc.loss = "hinge"
   c.loss.disc.gen_loss = "hinge"
   c.loss.disc.adaptive_weight = False
   c.loss.disc.dino_path = ""
+  c.loss.disc.dino_variant = "S"  # S: published ViT-S/16; tiny: random weights (tests, smoke)
   c.loss.disc.diffaug = True
   c.loss.disc.diffaug_policy = "color,translation,cutout_0.2"
   c.loss.disc.diffaug_prob = 0.5
@@ -134,8 +137,9 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.loss.align.weight = 0.1
   c.loss.align.teacher_path = ""
   c.loss.align.teacher_variant = "L"
-  c.loss.align.mode = "repeat"
+  c.loss.align.mode = "repeat"  # repeat | global | avg_1d | avg_1d_shuffle
   c.loss.align.proj_dim = 1024
+  c.loss.align.teacher_patch_size = 16
 
   c.optim = ConfigDict()
   c.optim.name = "adamw"
@@ -159,8 +163,9 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.path = ""
   c.data.eval_path = ""
   c.data.eval_fraction = 0.1
-  c.data.data_dir = ""
-  c.data.manual_dir = ""
+  c.data.data_dir = ""  # TFDS data_dir, local or mounted ("" = TFDS default ~/tensorflow_datasets)
+  c.data.manual_dir = ""  # the ImageNet tars; prepares data_dir on a first single-process run
+  c.data.tfds_name = "imagenet2012"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.file_format = ""
@@ -169,6 +174,7 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.min_crop_frac = 0.8  # ADM: crops cover 80-100% of the (resized) short side
   c.data.num_workers = 8
   c.data.prefetch = 4
+  c.data.uint8_transfer = False  # ship uint8 train batches, convert to [-1, 1] on device
   c.data.eval_crops = 4
 
   c.eval = ConfigDict()
@@ -203,8 +209,12 @@ def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
   c.model.dtype = "float32"
   c.quantizer.codebook_size = 512
   c.quantizer.num_codebooks = 2
+  # MSE + PatchGAN + entropy: the terms that need no pretrained weights.
   c.loss.perceptual_weight = 0.0
-  c.loss.disc.weight = 0.0
+  c.loss.disc.name = "patchgan"
+  c.loss.disc.ndf = 32
+  c.loss.disc.n_layers = 2
+  c.loss.disc.start = 500
   c.loss.align.weight = 0.0
   c.batch_size = 16
   c.total_steps = 1000
@@ -295,7 +305,39 @@ def validate(config: ConfigDict) -> None:
     except ValueError as e:
       raise ConfigError(str(e)) from e
     need(config.loss.rec_type in ("l2", "l1"), f"loss.rec_type={config.loss.rec_type!r}; l2|l1")
+    loss = config.loss
+    need(loss.perceptual_weight >= 0, "loss.perceptual_weight must be >= 0")
+    need(loss.disc.weight >= 0, "loss.disc.weight must be >= 0")
+    need(loss.align.weight >= 0, "loss.align.weight must be >= 0")
+    from softvq_jax.models.discriminators import DISCRIMINATORS
+
+    need(
+      loss.disc.name in DISCRIMINATORS,
+      f"loss.disc.name={loss.disc.name!r}; known: {sorted(DISCRIMINATORS)}",
+    )
+    modes = ("repeat", "global", "avg_1d", "avg_1d_shuffle")
+    need(loss.align.mode in modes, f"loss.align.mode={loss.align.mode!r}; known: {modes}")
+    if loss.align.weight > 0:
+      from softvq_jax.models.frozen.dinov2 import TEACHER_VARIANTS
+
+      need(
+        loss.align.teacher_variant in TEACHER_VARIANTS,
+        f"loss.align.teacher_variant={loss.align.teacher_variant!r}; known: "
+        f"{sorted(TEACHER_VARIANTS)}",
+      )
+      grid = config.model.image_size // loss.align.teacher_patch_size
+      need(
+        loss.align.mode != "repeat" or (grid * grid) % config.model.num_latent_tokens == 0,
+        f"loss.align.mode='repeat' needs the teacher token count ({grid}x{grid}) to be a multiple "
+        f"of model.num_latent_tokens={config.model.num_latent_tokens}; use mode 'avg_1d'",
+      )
     if config.model.get("encoder_init"):
       from softvq_jax.convert.io import require_file
 
       require_file(config.model.encoder_init, "DINOv2 encoder weights", "model.encoder_init")
+    from softvq_jax.training import frozen_nets
+
+    try:
+      frozen_nets.check_files(config)  # each missing weight file, naming it and its config key
+    except ValueError as e:
+      raise ConfigError(str(e)) from e

@@ -29,6 +29,13 @@ def load_config(name, arg=None):
 @pytest.mark.parametrize("arg", [None, "tokens=32", "tokens=32,res=512", "quick"])
 def test_every_config_builds_and_validates(name, enc, dec, arg):
   c = load_config(name, arg)
+  if arg != "quick":
+    # The full recipes need the LPIPS / DINO / DINOv2 files (named when missing).
+    from softvq_jax.convert.io import WeightFileError
+
+    with pytest.raises(WeightFileError, match="loss.lpips_lin_path"):
+      configlib.validate(c)
+    c.loss.random_init = True
   configlib.validate(c)
   if arg != "quick":
     assert (c.model.encoder.variant, c.model.decoder.variant) == (enc, dec)
@@ -50,7 +57,7 @@ def test_quick_is_small_and_uses_the_bundled_photos():
 
 
 def test_full_recipe_values():
-  """SoftVQ-B-64 recipe values of SPEC §1.3–1.4 that the trainer reads today."""
+  """SoftVQ-B-64: every recipe value of SPEC §1.3–1.4."""
   c = load_config("tokenizer_b")
   assert c.data.name == "imagenet" and c.batch_size == 256 and c.total_epochs == 50
   assert (c.quantizer.name, c.quantizer.codebook_size, c.quantizer.num_codebooks) == (
@@ -63,6 +70,22 @@ def test_full_recipe_values():
   assert (o.name, o.lr, o.b1, o.b2, o.weight_decay) == ("adamw", 1e-4, 0.9, 0.95, 1e-4)
   assert (o.warmup_epochs, o.min_lr_ratio, o.grad_clip, o.ema_decay) == (1.0, 0.1, 1.0, 0.9999)
   assert c.model.dtype == "bfloat16"
+  # The objective of SPEC §1.4.
+  loss = c.loss
+  assert (loss.rec_type, loss.rec_weight) == ("l2", 1.0)
+  assert (loss.perceptual_weight, loss.perceptual_warmup) == (1.0, 10_000)
+  d = loss.disc
+  assert (d.name, d.weight, d.start, d.loss, d.gen_loss) == ("dino", 0.2, 20_000, "hinge", "hinge")
+  assert not d.adaptive_weight and d.diffaug and d.diffaug_prob == 0.5
+  assert d.diffaug_policy == "color,translation,cutout_0.2"
+  assert (d.lecam_weight, d.lecam_decay, d.cr_weight) == (0.001, 0.999, 4.0)
+  assert d.cr_policy == "color,translation,cutout_0.5"
+  a = loss.align
+  assert (a.weight, a.mode, a.proj_dim, a.teacher_variant) == (0.1, "repeat", 1024, "L")
+  assert a.teacher_patch_size == 16 and not loss.random_init
+  assert c.quantizer.entropy_temperature == 0.01
+  assert (c.model.encoder.patch_size, c.model.decoder.patch_size) == (16, 16)
+  assert c.seed == 42 and c.data.random_flip and c.data.min_crop_frac == 0.8
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Contract shared by every dataset (photos, folders, ImageNet, cached latents):
 - `TrainData.iterator(start_step)` yields this process's local batches for steps start_step, ...:
-  {"image": float32 (B_local, S, S, 3) in [-1, 1], "label": int32 (B_local,)}.
+  {"image": float32 (B_local, S, S, 3) in [-1, 1], "label": int32 (B_local,)}; with uint8=True
+  the images stay uint8 in [0, 255] and `preprocess.float_images` converts them on device.
 - The global batch of step k holds global samples k*GB ... k*GB+GB-1; process i takes its
   contiguous slice, so the global batch is identical for any number of processes.
 - Sample g is example `perm_e[g % n]` of epoch e = g // n (a permutation seeded by (seed, e)),
@@ -10,6 +11,8 @@ Contract shared by every dataset (photos, folders, ImageNet, cached latents):
   (seed, step): resuming at step k reproduces exactly what an uninterrupted run sees (no
   iterator state needs checkpointing).
 - `EvalData.iterator()` yields fixed-shape batches with a boolean "mask" (False on padding).
+- Cached latents (`data/latents.py`) yield "latent" float32 (B_local, L, D) instead of "image",
+  with the same index arithmetic (`ShuffledBatches`).
 Batches are built ahead of time by a small thread pool (PIL decoding/resizing releases the GIL).
 """
 
@@ -76,7 +79,72 @@ class PrefetchIterator:
       self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class TrainData:
+class ShuffledBatches:
+  """The contract's index arithmetic, shared by image and latent training data.
+
+  Global sample g is example `order(g // n)[g % n]`; the global batch of step k holds samples
+  k*GB ... k*GB+GB-1 and this process takes its contiguous slice. Subclasses define `batch(step)`.
+  """
+
+  def __init__(
+    self,
+    num_examples: int,
+    *,
+    global_batch: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 4,
+    prefetch: int = 2,
+  ):
+    if num_examples == 0:
+      raise ValueError("the training dataset is empty")
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} not divisible by {process_count} processes")
+    self._num_examples = num_examples
+    self.global_batch = global_batch
+    self.local_batch = global_batch // process_count
+    self.seed = seed
+    self.process_index = process_index
+    self.num_workers, self.prefetch = num_workers, prefetch
+    self._lock = threading.Lock()
+    self._perm_cache: dict[int, np.ndarray] = {}
+
+  @property
+  def num_examples(self) -> int:
+    return self._num_examples
+
+  def _order(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._perm_cache:
+        if len(self._perm_cache) > 4:
+          self._perm_cache.clear()
+        rng = np.random.default_rng([self.seed, 0x5EED, epoch])
+        self._perm_cache[epoch] = rng.permutation(self._num_examples)
+      return self._perm_cache[epoch]
+
+  def local_samples(self, step: int) -> np.ndarray:
+    """Global sample indices (int64, (B_local,)) of this process's part of step `step`."""
+    first = step * self.global_batch + self.process_index * self.local_batch
+    return np.arange(first, first + self.local_batch, dtype=np.int64)
+
+  def example_indices(self, samples: np.ndarray) -> np.ndarray:
+    """Global sample indices -> example indices under the per-epoch permutations."""
+    epochs, pos = np.divmod(np.asarray(samples, np.int64), self._num_examples)
+    out = np.empty(len(pos), np.int64)
+    for e in np.unique(epochs):
+      sel = epochs == e
+      out[sel] = self._order(int(e))[pos[sel]]
+    return out
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def iterator(self, start_step: int = 0) -> PrefetchIterator:
+    return PrefetchIterator(self.batch, start_step, self.prefetch, self.num_workers)
+
+
+class TrainData(ShuffledBatches):
   """Infinite, shuffled, augmented batches over an ImageSource (see module docstring)."""
 
   def __init__(
@@ -93,36 +161,23 @@ class TrainData:
     min_crop_frac: float = 0.8,
     num_workers: int = 4,
     prefetch: int = 2,
+    uint8: bool = False,
   ):
-    if len(source) == 0:
-      raise ValueError("the training dataset is empty")
-    if global_batch % process_count:
-      raise ValueError(f"global batch {global_batch} not divisible by {process_count} processes")
+    super().__init__(
+      len(source),
+      global_batch=global_batch,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      num_workers=num_workers,
+      prefetch=prefetch,
+    )
     self.source = source
     self.image_size = image_size
-    self.global_batch = global_batch
-    self.local_batch = global_batch // process_count
-    self.seed = seed
-    self.process_index = process_index
     self.random_crop, self.random_flip = random_crop, random_flip
     self.min_crop_frac = min_crop_frac
-    self.num_workers, self.prefetch = num_workers, prefetch
+    self.uint8 = uint8  # ship uint8 images; preprocess.float_images converts them on device
     self.num_skipped = 0
-    self._lock = threading.Lock()
-    self._perm_cache: dict[int, np.ndarray] = {}
-
-  @property
-  def num_examples(self) -> int:
-    return len(self.source)
-
-  def _order(self, epoch: int) -> np.ndarray:
-    with self._lock:
-      if epoch not in self._perm_cache:
-        if len(self._perm_cache) > 4:
-          self._perm_cache.clear()
-        rng = np.random.default_rng([self.seed, 0x5EED, epoch])
-        self._perm_cache[epoch] = rng.permutation(len(self.source))
-      return self._perm_cache[epoch]
 
   def sample(self, g: int) -> tuple[np.ndarray, int]:
     """Global sample g -> (uint8 (S, S, 3), label); a bad example is replaced by the next one."""
@@ -151,15 +206,12 @@ class TrainData:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's part of the global batch of `step`."""
-    first = step * self.global_batch + self.process_index * self.local_batch
-    samples = [self.sample(first + j) for j in range(self.local_batch)]
+    samples = [self.sample(int(g)) for g in self.local_samples(step)]
+    images = np.stack([s[0] for s in samples])
     return {
-      "image": preprocess.to_float(np.stack([s[0] for s in samples])),
+      "image": images if self.uint8 else preprocess.to_float(images),
       "label": np.asarray([s[1] for s in samples], np.int32),
     }
-
-  def iterator(self, start_step: int = 0) -> PrefetchIterator:
-    return PrefetchIterator(self.batch, start_step, self.prefetch, self.num_workers)
 
 
 class EvalData:
@@ -180,6 +232,7 @@ class EvalData:
     items = [(i, v) for i in range(len(source)) for v in range(len(views))]
     self._items = items[process_index::process_count]
     self.num_examples = len(items)
+    self.num_skipped = 0  # undecodable examples skipped by this process's iterators
 
   def _example(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
     index, view = item
@@ -194,6 +247,7 @@ class EvalData:
         try:
           examples.append(self._example(item))
         except BadImage as e:
+          self.num_skipped += 1
           logging.warning("skipping undecodable eval example %s: %s", item, e)
       if not examples:
         continue

@@ -26,15 +26,12 @@ def build(disc_cfg, dtype=jnp.float32):
       "patchgan", ndf=disc_cfg.get("ndf", 64), n_layers=disc_cfg.get("n_layers", 3)
     )
   if name == "dino":
-    try:
-      from softvq_jax.models.frozen import dino
-    except ImportError as e:
-      raise NotImplementedError(
-        "loss.disc.name='dino' needs the frozen DINO ViT-S/16 trunk "
-        "(softvq_jax.models.frozen.dino), which is not available yet; use "
-        "--config.loss.disc.name=patchgan"
-      ) from e
-    return discriminators.build_discriminator("dino", trunk_fn=dino.trunk_fn())
+    from softvq_jax.models.frozen import dino
+    from softvq_jax.training.frozen_nets import DINO_TRUNKS
+
+    depth, width, heads = DINO_TRUNKS[disc_cfg.get("dino_variant", "S")]
+    trunk = dino.trunk_fn(dtype=dtype, depth=depth, width=width, num_heads=heads)
+    return discriminators.build_discriminator("dino", trunk_fn=trunk)
   return discriminators.build_discriminator(name)
 
 

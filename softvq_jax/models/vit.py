@@ -181,8 +181,31 @@ class Block(nn.Module):
     return x + scale("ls2")(h).astype(res_dtype)
 
 
+class _PatchProj(nn.Module):
+  """The patch projection's params, laid out as a conv's: kernel (p, p, C, E), bias (E,)."""
+
+  width: int
+  patch_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches: jax.Array) -> jax.Array:
+    p, c = self.patch_size, patches.shape[-1] // self.patch_size**2
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (p, p, c, self.width), self.param_dtype
+    )
+    bias = self.param("bias", nn.initializers.zeros, (self.width,), self.param_dtype)
+    kernel = kernel.reshape(p * p * c, self.width).astype(self.dtype)
+    return jnp.dot(patches.astype(self.dtype), kernel) + bias.astype(self.dtype)
+
+
 class PatchEmbed(nn.Module):
-  """Non-overlapping p x p patches -> width-E tokens, (B, S, S, 3) -> (B, (S/p)^2, E)."""
+  """Non-overlapping p x p patches -> width-E tokens, (B, S, S, 3) -> (B, (S/p)^2, E).
+
+  A stride-p conv written as patchify + matmul (same params, same result): XLA's CPU backend is
+  pathologically slow on the gradient of large-stride convs, and on TPU/GPU this is a plain GEMM.
+  """
 
   width: int
   patch_size: int
@@ -192,18 +215,13 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     p = self.patch_size
-    x = nn.Conv(
-      self.width,
-      (p, p),
-      strides=(p, p),
-      padding="VALID",
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=nn.initializers.lecun_normal(),
-      name="proj",
-    )(x)
-    b, h, w, e = x.shape
-    return x.reshape(b, h * w, e)
+    b, h, w, c = x.shape
+    if h % p or w % p:
+      raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, (h // p) * (w // p), p * p * c)  # (B, N, p*p*C) in (row, col, channel) order
+    proj = _PatchProj(self.width, p, self.dtype, self.param_dtype, name="proj")
+    return proj(x)
 
 
 class Transformer(nn.Module):

@@ -20,6 +20,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from softvq_jax import checkpointing, configlib, data, sharding
+from softvq_jax.data import preprocess
 from softvq_jax.training.train_state import TrainState
 from softvq_jax.utils import images as image_utils
 
@@ -157,7 +158,8 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
   batch_sharding = sharding.batch_sharding(mesh)
   frozen = jax.device_put(task.frozen_params(), sharding.replicated(mesh))
   step_fn = jax.jit(
-    task.train_step,
+    # uint8 batches (data.uint8_transfer) become [-1, 1] floats on device, inside the step.
+    lambda state, batch, frozen: task.train_step(state, preprocess.float_images(batch), frozen),
     in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnums=(0,),

@@ -1,8 +1,14 @@
 """The tokenizer trainer (SPEC §1.4) on top of the generic loop.
 
-L_G = rec_weight * rec + quantizer terms + w_d(t) * adaptive * g_adv, and a discriminator step on
-the same (stop-gradient) reconstructions, both in one jitted step. The discriminator state lives
-in `state.extra["disc"]` (see losses/gan_state.py).
+L_G = rec_weight * rec + w_p(t) * LPIPS + quantizer terms (entropy) + w_d(t) * adaptive * g_adv
+      + align_weight * (-cos(MLP(z_q), DINOv2)),
+and a discriminator step on the same (stop-gradient) reconstructions, all in one jitted step. The
+discriminator state lives in `state.extra["disc"]` (see losses/gan_state.py); the alignment
+projector's params in `state.extra["align_proj"]`, optimised together with the tokenizer (one
+optimizer state over {"model", "align_proj"}, one gradient clip, as the reference's single
+optimizer) but kept out of `state.params` so EMA, export and inference see the tokenizer only.
+Frozen networks (LPIPS-VGG16, the DINO trunk, the DINOv2 teacher; training/frozen_nets.py) are
+jit arguments, never trained or checkpointed.
 """
 
 from __future__ import annotations
@@ -17,19 +23,13 @@ from jax.experimental import multihost_utils
 
 from softvq_jax import configlib
 from softvq_jax.evaluation import image_metrics
-from softvq_jax.losses import adversarial, gan_state
+from softvq_jax.losses import adversarial, alignment, gan_state, perceptual
 from softvq_jax.models import discriminators
 from softvq_jax.models.factory import build_tokenizer
-from softvq_jax.training import loop, optim
+from softvq_jax.models.frozen import dinov2
+from softvq_jax.training import frozen_nets, loop, optim
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
-
-# Loss terms of the full recipe that this trainer does not compute yet. Configs that enable them
-# stop with an error instead of silently training a different objective.
-_UNWIRED_TERMS = (
-  ("loss.perceptual_weight", lambda c: c.loss.perceptual_weight),
-  ("loss.align.weight", lambda c: c.loss.align.weight),
-)
 
 
 def reconstruction_loss(x: jax.Array, x_rec: jax.Array, kind: str) -> jax.Array:
@@ -63,61 +63,110 @@ class TokenizerTask(loop.Task):
 
   def __init__(self, config, mesh, total_steps, warmup_steps):
     super().__init__(config, mesh, total_steps, warmup_steps)
-    enabled = [k for k, get in _UNWIRED_TERMS if get(config)]
-    if enabled:
-      raise NotImplementedError(
-        f"{', '.join(enabled)} > 0, but the perceptual (LPIPS) and alignment losses are not "
-        "wired into the tokenizer trainer yet. Set them to 0 explicitly (e.g. "
-        "--config.loss.perceptual_weight=0 --config.loss.align.weight=0) to train without them."
-      )
     self.model = build_tokenizer(config.model, config.quantizer)
+    self.dtype = jnp.dtype(config.model.dtype)
     self.peak_lr = configlib.learning_rate(config)
     self.tx, self.schedule = optim.optimizer_from_config(
       config.optim, self.peak_lr, total_steps, warmup_steps
     )
-    self.adv = adversarial.AdvLossConfig.from_config(config.loss.disc)
-    self.use_gan = config.loss.disc.weight > 0
+    loss = config.loss
+    self.adv = adversarial.AdvLossConfig.from_config(loss.disc)
+    self.use_gan = loss.disc.weight > 0
+    self.use_lpips = loss.perceptual_weight > 0
+    self.use_align = loss.align.weight > 0
+    if (self.use_gan or self.use_align) and config.optim.grad_accum_steps > 1:
+      raise NotImplementedError(
+        "optim.grad_accum_steps > 1 together with the GAN loss (loss.disc.weight > 0) or the "
+        "alignment loss (loss.align.weight > 0) is not supported yet"
+      )
     if self.use_gan:
-      if config.optim.grad_accum_steps > 1:
-        raise NotImplementedError(
-          "optim.grad_accum_steps > 1 together with the GAN loss (loss.disc.weight > 0) is not "
-          "supported yet"
-        )
-      self.disc = gan_state.build(config.loss.disc)
+      self.disc = gan_state.build(loss.disc, self.dtype)
       # The discriminator has its own optimizer with the same hyper-parameters (reference).
       self.disc_tx, _ = optim.optimizer_from_config(
         config.optim, self.peak_lr, total_steps, warmup_steps
       )
+    if self.use_align:
+      width = dinov2.teacher_variant(loss.align.teacher_variant)[1]
+      self.projector = alignment.AlignProjector(hidden=loss.align.proj_dim, out_dim=width)
+    frozen_nets.check_files(config)
+    # Loaded here, on the host and outside any trace (init_state is traced by eval_shape/jit).
+    self._frozen = frozen_nets.load(config)
+
+  def frozen_params(self):
+    return self._frozen
 
   # --- pure ---------------------------------------------------------------------------------
   def init_state(self, rng):
-    init_rng, sample_rng, state_rng, disc_rng = jax.random.split(rng, 4)
+    init_rng, sample_rng, state_rng, disc_rng, proj_rng = jax.random.split(rng, 5)
     s = self.config.model.image_size
     x = jnp.zeros((1, s, s, 3), jnp.float32)
     params = self.model.init({"params": init_rng, "sample": sample_rng}, x)["params"]
     extra = {}
     if self.use_gan:
       xd = jnp.zeros((2, s, s, 3), jnp.float32)
-      extra["disc"] = gan_state.init(self.disc, disc_rng, xd, self.disc_tx, self.frozen_params())
-    return TrainState.create(params, self.tx, state_rng, extra=extra)
+      # Only shapes matter for the heads' init: zeros stand in for the frozen trunk's weights.
+      trunk = self._frozen.get("dino")
+      trunk = None if trunk is None else jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), trunk)
+      extra["disc"] = gan_state.init(self.disc, disc_rng, xd, self.disc_tx, trunk)
+    if self.use_align:
+      z = jnp.zeros((1, self.config.model.num_latent_tokens, self.config.model.codebook_embed_dim))
+      mode = self.config.loss.align.mode
+      extra["align_proj"] = self.projector.init(proj_rng, z, mode)["params"]
+    state = TrainState.create(params, self.tx, state_rng, extra=extra)
+    if self.use_align:
+      state = state.replace(opt_state=self.tx.init(self._trainable(state)))
+    return state
+
+  def _trainable(self, state):
+    """What the tokenizer optimizer updates: the model params (+ the alignment projector)."""
+    if self.use_align:
+      return {"model": state.params, "align_proj": state.extra["align_proj"]}
+    return state.params
+
+  def _model_params(self, trainable):
+    return trainable["model"] if self.use_align else trainable
 
   def _forward(self, params, x, key):
     return self.model.apply({"params": params}, x, train=True, rngs={"sample": key})
 
-  def _nll(self, x, x_rec):
-    return self.config.loss.rec_weight * reconstruction_loss(x, x_rec, self.config.loss.rec_type)
+  def _nll(self, x, x_rec, frozen, step):
+    """rec_weight * rec + w_p(step) * LPIPS: what the adaptive weight balances g_adv against."""
+    loss = self.config.loss
+    rec = reconstruction_loss(x, x_rec, loss.rec_type)
+    terms = {"rec_loss": rec}
+    nll = loss.rec_weight * rec
+    if self.use_lpips:
+      p = perceptual.lpips_loss(frozen["lpips"], x, x_rec)
+      w_p = perceptual.perceptual_weight_at(step, loss.perceptual_weight, loss.perceptual_warmup)
+      nll = nll + w_p * p
+      terms.update(perceptual_loss=p, perceptual_weight=w_p)
+    return nll, terms
 
-  def _loss(self, params, batch, rng, disc=None, disc_apply=None, step=None):
+  def _align(self, proj_params, z_q, x, frozen, key):
+    """-cos(MLP(z_q), DINOv2 patch features), unweighted (REFERENCE_NOTES 6.6)."""
+    mode = self.config.loss.align.mode
+    teacher = dinov2.teacher_features(frozen["teacher"], x, dtype=self.dtype)
+    z = self.projector.apply({"params": proj_params}, z_q, mode)
+    return alignment.alignment_loss(z, teacher, mode, key)
+
+  def _loss(self, trainable, batch, rng, frozen, step, disc=None, disc_apply=None):
     """Generator loss; with a discriminator also returns its statistics after the G pass."""
+    params = self._model_params(trainable)
     x = batch["image"]
-    k_model, k_adv = jax.random.split(rng)
+    k_model, k_adv, k_align = jax.random.split(rng, 3)
     x_rec, aux = self._forward(params, x, k_model)
-    rec = reconstruction_loss(x, x_rec, self.config.loss.rec_type)
-    loss = self._nll(x, x_rec) + aux["quantizer_loss"]
-    metrics = {"rec_loss": rec, "quantizer_loss": aux["quantizer_loss"]}
+    nll, metrics = self._nll(x, x_rec, frozen, step)
+    loss = nll + aux["quantizer_loss"]
+    metrics["quantizer_loss"] = aux["quantizer_loss"]
+    if "entropy_loss" in aux:
+      metrics["entropy_loss"] = aux["entropy_loss"]
     metrics.update({f"quantizer/{k}": v for k, v in aux.get("metrics", {}).items()})
     if "code_counts" in aux:
       metrics["code_counts"] = aux["code_counts"]
+    if self.use_align:
+      a = self._align(trainable["align_proj"], aux["z_q"], x, frozen, k_align)
+      loss = loss + self.config.loss.align.weight * a
+      metrics["align_loss"] = a
     stats = None
     if disc is not None:
       g_adv, (stats, m) = adversarial.generator_adv_loss(
@@ -126,7 +175,7 @@ class TokenizerTask(loop.Task):
       w = adversarial.disc_weight_at(step, self.adv.start, self.adv.weight)
       if self.config.loss.disc.adaptive_weight:
         w = w * jax.lax.stop_gradient(
-          self._adaptive_weight(params, x, k_model, k_adv, disc, disc_apply)
+          self._adaptive_weight(params, x, k_model, k_adv, disc, disc_apply, frozen, step)
         )
       loss = loss + w * g_adv
       metrics.update({f"gan/{k}": v for k, v in m.items()})
@@ -134,11 +183,11 @@ class TokenizerTask(loop.Task):
     metrics["loss"] = loss
     return loss, (metrics, x_rec, stats)
 
-  def _adaptive_weight(self, params, x, k_model, k_adv, disc, disc_apply):
+  def _adaptive_weight(self, params, x, k_model, k_adv, disc, disc_apply, frozen, step):
     """||grad nll|| / ||grad g_adv|| at the last decoder layer (two extra backward passes)."""
 
     def nll_fn(p):
-      return self._nll(x, self._forward(p, x, k_model)[0])
+      return self._nll(x, self._forward(p, x, k_model)[0], frozen, step)[0]
 
     def adv_fn(p):
       x_rec = self._forward(p, x, k_model)[0]
@@ -149,14 +198,16 @@ class TokenizerTask(loop.Task):
     return gan_state.last_layer_weight(nll_fn, adv_fn, params, self.model.last_layer)
 
   def train_step(self, state, batch, frozen=None):
+    frozen = frozen or {}
     rng = state.step_key()
     k_g, k_d = jax.random.split(rng)
     step = state.step + 1  # 1-based, as the reference's global_step
     extra = dict(state.extra)
+    trainable = self._trainable(state)
     if self.use_gan:
-      disc_apply = discriminators.make_disc_apply(self.disc, frozen=frozen)
+      disc_apply = discriminators.make_disc_apply(self.disc, frozen=frozen.get("dino"))
       (_, (metrics, x_rec, stats)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-        state.params, batch, k_g, extra["disc"], disc_apply, step
+        trainable, batch, k_g, frozen, step, extra["disc"], disc_apply
       )
       disc = dict(extra["disc"], stats=stats)
       extra["disc"], d_metrics = gan_state.update(
@@ -166,14 +217,19 @@ class TokenizerTask(loop.Task):
     else:
 
       def grad_fn(params, mb, key):
-        (_, (m, _, _)), g = jax.value_and_grad(self._loss, has_aux=True)(params, mb, key)
+        (_, (m, _, _)), g = jax.value_and_grad(self._loss, has_aux=True)(
+          params, mb, key, frozen, step
+        )
         return m, g
 
       metrics, grads = accumulate_gradients(
-        grad_fn, state.params, batch, k_g, self.config.optim.grad_accum_steps
+        grad_fn, trainable, batch, k_g, self.config.optim.grad_accum_steps
       )
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    updates, opt_state = self.tx.update(grads, state.opt_state, trainable)
+    trainable = jax.tree.map(lambda p, u: p + u, trainable, updates)
+    params = self._model_params(trainable)
+    if self.use_align:
+      extra["align_proj"] = trainable["align_proj"]
     ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
     metrics["grad_norm"] = optim_global_norm(grads)
     metrics["lr"] = self.schedule(state.step)

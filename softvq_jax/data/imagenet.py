@@ -1,0 +1,237 @@
+"""ImageNet (or any TFDS image dataset) as a random-access `ImageSource` over array_record files.
+
+`TfdsImageSource` wraps `builder.as_data_source(split)` of a dataset prepared with
+`file_format="array_record"`, so the generic pipeline (pipeline.py) gives exact resume,
+determinism and per-process disjointness unchanged: a process reads only the global indices of
+its own slice of each batch. Records are parsed without TFDS's image decoding; JPEGs are decoded
+here with PIL (grayscale/CMYK/palette -> RGB later in preprocess.to_rgb), and undecodable bytes
+raise `BadImage`, which the pipeline skips and counts. A dataset prepared as tfrecord (no random
+access) is refused with the command that converts it in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import warnings
+
+from absl import logging
+from PIL import Image
+
+from softvq_jax.data.pipeline import BadImage
+
+DEFAULT_NAME = "imagenet2012"
+RANDOM_ACCESS_FORMAT = "array_record"
+
+
+class DatasetNotReady(FileNotFoundError):
+  """The TFDS dataset is missing or in a format without random access; says how to fix it."""
+
+
+def _prepare_command(name: str, data_dir: str, overwrite: bool = False) -> str:
+  return (
+    f"python -m softvq_jax.data.prepare_imagenet --name={name} --manual_dir=/path/to/tars "
+    f"--data_dir={data_dir or '~/tensorflow_datasets'}" + (" --overwrite" if overwrite else "")
+  )
+
+
+def prepare(name: str, data_dir: str, manual_dir: str, overwrite: bool = False):
+  """Runs the TFDS builder over the tars in `manual_dir`, writing array_record; the builder."""
+  import tensorflow_datasets as tfds
+
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  existing = tfds.builder(name, data_dir=data_dir)
+  if existing.is_prepared():
+    if not overwrite:
+      _check_random_access(existing, "")
+      logging.info("%s is already prepared at %s", name, existing.data_dir)
+      return existing
+    logging.info("Deleting the prepared %s at %s", name, existing.data_dir)
+    from etils import epath  # local and gs:// paths alike
+
+    epath.Path(existing.data_dir).rmtree()
+  builder = tfds.builder(name, data_dir=data_dir, file_format=RANDOM_ACCESS_FORMAT)
+  logging.info("Preparing %s from manual_dir=%s into %s", name, manual_dir, builder.data_dir)
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir))
+  )
+  return builder
+
+
+def load_builder(
+  name: str = DEFAULT_NAME,
+  data_dir: str = "",
+  manual_dir: str = "",
+  process_count: int = 1,
+):
+  """The prepared TFDS builder; prepares it from `manual_dir` when missing (single process only)."""
+  import tensorflow_datasets as tfds
+
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  where = f"{builder.data_dir} (data.data_dir={data_dir or ''!r})"
+  if not manual_dir:
+    raise DatasetNotReady(
+      f"TFDS dataset {name!r} is not prepared at {where}. Prepare it once with\n  "
+      f"{_prepare_command(name, data_dir or '')}\n(the directory of the tars goes in "
+      "--manual_dir; see the README), or set --config.data.manual_dir=/path/to/tars to prepare it "
+      "on the first (single-process) run."
+    )
+  if process_count > 1:
+    raise DatasetNotReady(
+      f"TFDS dataset {name!r} is not prepared at {where}; a multi-process run does not prepare "
+      f"it. Run once, on one machine:\n  {_prepare_command(name, data_dir or '')}"
+    )
+  return prepare(name, data_dir or "", manual_dir)
+
+
+def _root(builder) -> str:
+  """The data_dir a builder was loaded from (its data_dir is <root>/<name>[/<config>]/<version>)."""
+  depth = 3 if builder.builder_config else 2
+  path = str(builder.data_dir)
+  for _ in range(depth):
+    path = os.path.dirname(path)
+  return path
+
+
+def _check_random_access(builder, file_format: str) -> str:
+  formats = {str(getattr(f, "value", f)) for f in builder.info.available_file_formats()}
+  formats.add(str(getattr(builder.info.file_format, "value", builder.info.file_format)))
+  if file_format and file_format != RANDOM_ACCESS_FORMAT:
+    raise DatasetNotReady(
+      f"data.file_format={file_format!r}: the input pipeline needs random access; use "
+      f"{RANDOM_ACCESS_FORMAT!r} (or leave data.file_format empty)."
+    )
+  if RANDOM_ACCESS_FORMAT not in formats:
+    raise DatasetNotReady(
+      f"TFDS dataset {builder.info.full_name!r} at {builder.data_dir} is stored as "
+      f"{sorted(formats)}, which has no random access; the pipeline (exact resume, per-process "
+      f"shards) needs {RANDOM_ACCESS_FORMAT}. Either re-prepare it from the tars:\n  "
+      f"{_prepare_command(builder.name, _root(builder), overwrite=True)}\n"
+      "or convert it in place (keeps the tfrecords; needs `pip install apache-beam`):\n  "
+      f"tfds convert_format --dataset_version_dir={builder.data_dir} "
+      f"--out_file_format={RANDOM_ACCESS_FORMAT} --num_workers=8"
+    )
+  return RANDOM_ACCESS_FORMAT
+
+
+def _raise_open_file_limit(want: int = 65536) -> None:
+  """Lifts the soft limit on open files (often 1024) towards the hard one: one fd per shard."""
+  try:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+      resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+  except (ImportError, ValueError, OSError) as e:  # not POSIX, or not permitted
+    logging.warning("could not raise the open-file limit: %s", e)
+
+
+def decode_image(data: bytes, name: str = "") -> Image.Image:
+  """Encoded image bytes -> a loaded PIL image (any mode); BadImage when undecodable."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # EXIF / palette warnings
+      with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.copy()
+  except Exception as e:  # PIL raises many types for broken files
+    raise BadImage(f"{name or '<bytes>'}: {type(e).__name__}: {e}") from e
+
+
+class TfdsImageSource:
+  """Random access to (PIL image, label) of one split of a prepared TFDS image dataset.
+
+  The dataset is opened (and checked, or prepared from `manual_dir`) on first use, so building
+  the (train, eval) pair touches only the split that is actually read.
+  """
+
+  def __init__(
+    self,
+    name: str = DEFAULT_NAME,
+    split: str = "train",
+    data_dir: str = "",
+    manual_dir: str = "",
+    file_format: str = "",
+    process_count: int = 1,
+    image_key: str = "image",
+    label_key: str = "label",
+  ):
+    self.name, self.split, self.data_dir, self.manual_dir = name, split, data_dir, manual_dir
+    self.file_format, self.process_count = file_format, process_count
+    self.image_key, self.label_key = image_key, label_key
+
+  @functools.cached_property
+  def builder(self):
+    return load_builder(self.name, self.data_dir, self.manual_dir, self.process_count)
+
+  @functools.cached_property
+  def _records(self):
+    import tensorflow_datasets as tfds
+
+    fmt = _check_random_access(self.builder, self.file_format)
+    if self.split.isidentifier() and self.split not in self.builder.info.splits:
+      raise DatasetNotReady(
+        f"split {self.split!r} is not in the prepared {self.name!r} at {self.builder.data_dir} "
+        f"(it has {sorted(self.builder.info.splits)}); set data.train_split / data.eval_split"
+      )
+    _raise_open_file_limit()  # readers are opened lazily, one per shard file (~1100 for ImageNet)
+    records = self.builder.as_data_source(
+      split=self.split,
+      file_format=fmt,
+      deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE,
+    )
+    try:
+      if len(records):
+        records[0]  # fail here, clearly, if the files cannot be read (e.g. gs:// paths)
+    except Exception as e:
+      raise DatasetNotReady(
+        f"cannot read the {fmt} files of {self.name!r} under {self.builder.data_dir}: "
+        f"{type(e).__name__}: {e}\narray_record reads local (POSIX) paths: copy the prepared "
+        "dataset to local disk or mount the bucket (gcsfuse) and set data.data_dir to it."
+      ) from e
+    return records
+
+  @property
+  def num_classes(self) -> int:
+    return self.builder.info.features[self.label_key].num_classes
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def record(self, index: int) -> dict:
+    """The raw features of example `index`: image bytes, label, file_name (when present)."""
+    feature = self._records[index].features.feature
+    out = {
+      "image": feature[self.image_key].bytes_list.value[0],
+      "label": int(feature[self.label_key].int64_list.value[0]),
+    }
+    if "file_name" in feature:
+      out["file_name"] = feature["file_name"].bytes_list.value[0].decode()
+    return out
+
+  def load(self, index: int) -> tuple[Image.Image, int]:
+    try:
+      rec = self.record(index)
+    except Exception as e:  # a damaged record: skipped and counted like an undecodable image
+      raise BadImage(f"{self.name}/{self.split}[{index}]: {type(e).__name__}: {e}") from e
+    name = rec.get("file_name", f"{self.name}/{self.split}[{index}]")
+    return decode_image(rec["image"], name), rec["label"]
+
+
+def imagenet_sources(data_cfg, process_count: int = 1):
+  """(train, eval) TfdsImageSources for the `data` config block."""
+  kw = dict(
+    name=data_cfg.get("tfds_name", DEFAULT_NAME) or DEFAULT_NAME,
+    data_dir=data_cfg.get("data_dir", ""),
+    manual_dir=data_cfg.get("manual_dir", ""),
+    file_format=data_cfg.get("file_format", ""),
+    process_count=process_count,
+  )
+  train = TfdsImageSource(split=data_cfg.get("train_split", "train"), **kw)
+  held_out = TfdsImageSource(split=data_cfg.get("eval_split", "validation"), **kw)
+  return train, held_out

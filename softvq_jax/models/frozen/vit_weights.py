@@ -1,0 +1,104 @@
+"""timm-layout ViT state dicts (numpy, PyTorch layout) -> our Flax ViT parameter trees.
+
+Shared by the frozen DINO ViT-S/16 trunk and the DINOv2 teacher: the key check (missing /
+unexpected / wrong shape, with the config key in the message), the rename + transpose of
+patch embedding, cls/register tokens, position embedding and blocks, and random stand-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from softvq_jax.convert import io
+from softvq_jax.convert.tokenizer import vit_key_map
+
+Path = tuple[str, ...]
+
+
+def block_entries(depth: int, layerscale: bool, final_norm: bool) -> list[tuple[Path, str, str]]:
+  """[(flax path, timm key, layout)] for blocks (and the final norm) of a timm ViT."""
+  out = []
+  for path, key, kind in vit_key_map("", (), depth):
+    if not layerscale and path[-1] == "gamma":
+      continue
+    if not final_norm and path[0] == "norm":
+      continue
+    out.append((path, key, kind))
+  return out
+
+
+def check_keys(
+  sd: Mapping[str, Any],
+  want: Iterable[str],
+  ignore_prefixes: Iterable[str],
+  what: str,
+  config_key: str,
+) -> None:
+  """Raises KeyError listing missing and unexpected keys (ignored prefixes are allowed)."""
+  want = set(want)
+  ignore = tuple(ignore_prefixes)
+  missing = sorted(want - set(sd))
+  unexpected = sorted(k for k in sd if k not in want and not k.startswith(ignore))
+  if missing or unexpected:
+    show = lambda ks: ks if len(ks) <= 8 else ks[:8] + [f"... ({len(ks)} in all)"]
+    raise KeyError(
+      f"{what} (config key `{config_key}`): the state dict does not have the expected timm key "
+      f"layout: missing {show(missing)}, unexpected {show(unexpected)}"
+    )
+
+
+def to_tree(
+  sd: Mapping[str, np.ndarray], entries: Iterable[tuple[Path, str, str]]
+) -> dict[str, Any]:
+  """Nested dict of float32 arrays from (path, key, kind) entries (kind: id / linear / conv)."""
+  tree: dict[str, Any] = {}
+  for path, key, kind in entries:
+    v = np.asarray(sd[key])
+    if kind == "linear":
+      v = io.linear_kernel(v)
+    elif kind == "conv":
+      v = io.conv_kernel(v)
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = np.ascontiguousarray(v, dtype=np.float32)
+  return tree
+
+
+def check_shapes(tree: Any, expected: Any, what: str, config_key: str) -> None:
+  """Raises ValueError on the first parameter whose shape differs from `expected` (same tree)."""
+
+  def walk(a, b, path):
+    if isinstance(b, Mapping):
+      for k in b:
+        if k not in a:
+          where = "/".join(path + (k,))
+          raise KeyError(f"{what} (config key `{config_key}`): no value for {where}")
+        walk(a[k], b[k], path + (k,))
+      return
+    if tuple(np.shape(a)) != tuple(np.shape(b)):
+      raise ValueError(
+        f"{what} (config key `{config_key}`): {'/'.join(path)} has shape {tuple(np.shape(a))}, "
+        f"expected {tuple(np.shape(b))} (wrong model variant?)"
+      )
+
+  walk(tree, expected, ())
+
+
+def random_like(shapes: Any, seed_key) -> Any:
+  """Random float32 stand-ins N(0, 0.02) (norm scales 1) with the shapes of `shapes`."""
+  import jax
+
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  keys = jax.random.split(seed_key, len(leaves))
+  out = []
+  for (path, leaf), k in zip(leaves, keys, strict=True):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "scale":
+      out.append(np.ones(leaf.shape, np.float32))
+    else:
+      out.append(np.asarray(0.02 * jax.random.normal(k, leaf.shape), np.float32))
+  return jax.tree_util.tree_unflatten(treedef, out)

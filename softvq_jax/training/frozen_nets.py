@@ -1,0 +1,121 @@
+"""The frozen networks the tokenizer objective needs, chosen by the config, and their weights.
+
+  "lpips"   LPIPS-VGG16 ({"vgg", "lin"})     when loss.perceptual_weight > 0
+  "dino"    DINO ViT-S/16 discriminator trunk when loss.disc.weight > 0 and loss.disc.name == "dino"
+  "teacher" DINOv2 alignment teacher          when loss.align.weight > 0
+
+Weights come from user-supplied files (nothing is downloaded). A configured term whose file is
+missing stops with an error naming the file and the config key, unless `loss.random_init` is set:
+then that network gets random weights of the exact published shapes (logged as such), so tests
+and CPU runs exercise the full graph. Files that do exist are always loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+from softvq_jax.convert import io
+from softvq_jax.models.frozen import vit_weights
+
+# loss.disc.dino_variant -> (depth, width, heads) of the DINO trunk. "S" is the published ViT-S/16;
+# "tiny" (random weights only) keeps the graph (224 px input, taps after blocks 2/5/8/11) at a
+# fraction of the cost, for tests and CPU smoke runs.
+DINO_TRUNKS = {"S": (12, 384, 6), "tiny": (12, 32, 2)}
+
+# name -> (config key(s) of its weight file(s), what the file is)
+_FILES = {
+  "lpips": (("loss.lpips_lin_path", "loss.lpips_vgg_path"), "LPIPS-VGG16 weights"),
+  "dino": (("loss.disc.dino_path",), "DINO ViT-S/16 discriminator trunk weights"),
+  "teacher": (("loss.align.teacher_path",), "DINOv2 alignment teacher weights"),
+}
+
+
+def needed(config) -> tuple[str, ...]:
+  """Names of the frozen networks the configured objective uses."""
+  loss = config.loss
+  out = []
+  if loss.perceptual_weight > 0:
+    out.append("lpips")
+  if loss.disc.weight > 0 and loss.disc.name == "dino":
+    out.append("dino")
+  if loss.align.weight > 0:
+    out.append("teacher")
+  return tuple(out)
+
+
+def _get(config, dotted: str) -> str:
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _exists(path: str) -> bool:
+  return bool(path) and os.path.isfile(os.path.expanduser(str(path)))
+
+
+def check_files(config) -> None:
+  """Raises WeightFileError naming the file and key of each missing weight file (before compiling).
+
+  LPIPS needs `loss.lpips_lin_path`; `loss.lpips_vgg_path` may stay empty when the lin file is a
+  full LPIPS state dict holding the VGG trunk too.
+  """
+  variant = config.loss.disc.get("dino_variant", "S")
+  if variant not in DINO_TRUNKS:
+    raise ValueError(f"loss.disc.dino_variant={variant!r}; known: {sorted(DINO_TRUNKS)}")
+  if config.loss.get("random_init", False):
+    return
+  if "dino" in needed(config) and variant != "S":
+    raise ValueError(
+      f"loss.disc.dino_variant={variant!r} exists only with random weights (tests, smoke runs): "
+      "set loss.random_init=True, or use 'S' with loss.disc.dino_path"
+    )
+  for name in needed(config):
+    keys, what = _FILES[name]
+    for key in keys:
+      path = _get(config, key)
+      if key == "loss.lpips_vgg_path" and not path:
+        continue
+      io.require_file(path, what, key)
+
+
+def load(config) -> dict[str, Any]:
+  """{name: frozen params (numpy float32)} for `needed(config)`."""
+  loss = config.loss
+  rnd = bool(loss.get("random_init", False))
+  key = jax.random.key(config.seed + 7919)
+  out: dict[str, Any] = {}
+  for i, name in enumerate(needed(config)):
+    k = jax.random.fold_in(key, i)
+    if name == "lpips":
+      from softvq_jax.convert.lpips import load_lpips_params
+
+      random = rnd and not _exists(loss.lpips_lin_path)
+      out[name] = load_lpips_params(
+        loss.lpips_vgg_path, loss.lpips_lin_path, random_init=random, key=k
+      )
+    elif name == "dino":
+      from softvq_jax.models.frozen import dino
+
+      variant = loss.disc.get("dino_variant", "S")
+      if variant == "S":
+        out[name] = dino.load_dino_params(loss.disc.dino_path, random_init=rnd, key=k)
+      else:
+        logging.warning("DINO discriminator trunk: %r variant with RANDOM weights", variant)
+        out[name] = vit_weights.random_like(dino.abstract_params(*DINO_TRUNKS[variant]), k)
+    elif name == "teacher":
+      from softvq_jax.models.frozen.dinov2 import load_teacher_params
+
+      out[name] = load_teacher_params(
+        loss.align.teacher_path,
+        variant=loss.align.teacher_variant,
+        image_size=config.model.image_size,
+        patch_size=loss.align.get("teacher_patch_size", 16),
+        random_init=rnd,
+        key=k,
+      )
+  return out
