@@ -15,7 +15,7 @@ ConfigDict = ml_collections.ConfigDict
 
 # name -> (encoder ViT, decoder ViT). "L-32" as released is BL-shaped (SPEC §1.3).
 TOKENIZER_VARIANTS = {"S": ("S", "S"), "B": ("B", "B"), "BL": ("B", "L"), "L": ("L", "L")}
-TRAINERS = ("tokenizer",)
+TRAINERS = ("tokenizer", "sit", "dit")
 
 
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:
@@ -236,6 +236,134 @@ def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
   c.ckpt.keep_every = 0
 
 
+GENERATOR_VARIANTS = ("S", "B", "L", "XL")
+
+
+def generator_config(variant: str, arg: str | None = None) -> ConfigDict:
+  """SiT (or DiT, kind=dit) on tokenizer latents (SPEC §2.2) for `variant` in S/B/L/XL.
+
+  Arguments: tokenizer=<model dir or workdir> (for sample grids; default: the cache's), kind
+  (sit|dit), tokens (0: L from the latents; else checked against them), res (image size, for
+  the record; the cache's wins), quick (a tiny SiT on cached latents of the bundled photos).
+  The latents: --config.data.path=<cache dir> (data.name=latents).
+  """
+  if variant not in GENERATOR_VARIANTS:
+    raise ValueError(f"unknown generator variant {variant!r}; choose from {GENERATOR_VARIANTS}")
+  a = parse_arg(arg, tokenizer="", kind="sit", tokens=0, res=256, quick=False)
+  if a.kind not in ("sit", "dit"):
+    raise ValueError(f"kind={a.kind!r}; use sit or dit")
+  c = ConfigDict()
+  c.trainer = a.kind
+  c.variant = variant
+  c.seed = 0
+  c.batch_size = 256
+  c.total_steps = 3_000_000  # the paper's generators (the reference script's default: 400k)
+  c.total_epochs = 0.0
+  c.stop_after = 0
+  c.log_every = 100
+  c.eval_every = 10_000
+  c.image_every = 10_000
+  c.max_eval_images = 0
+
+  c.model = ConfigDict()
+  c.model.name = a.kind
+  c.model.variant = variant
+  c.model.patch_size = 1  # 1-D tokens ("/1")
+  c.model.num_tokens = a.tokens  # 0: from the latents (resolved into the saved config)
+  c.model.dim = 0
+  c.model.num_classes = 1000
+  c.model.class_dropout_prob = 0.1
+  c.model.qk_norm = False
+  c.model.dtype = "bfloat16"
+  c.model.remat = False
+  c.model.attn_impl = ""
+  c.model.image_size = a.res
+  c.model.tokenizer = a.tokenizer
+  c.model.latent_stats = "cache"  # cache | tokenizer (the tokenizer config's vq_mean/vq_std)
+  c.model.vq_mean = 0.0  # resolved from the latents unless vq_std > 0 is given
+  c.model.vq_std = 0.0
+
+  c.transport = ConfigDict()
+  c.transport.path = "linear"
+  c.transport.prediction = "v"
+  c.transport.time_sampling = "lognormal"
+
+  c.diffusion = ConfigDict()
+  c.diffusion.noise_schedule = "cosine"
+  c.diffusion.steps = 1000
+
+  c.optim = ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = 1e-4
+  c.optim.lr_batch_scaling = False
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 0
+  c.optim.warmup_epochs = 0.0
+  c.optim.warmup_init_lr = 0.0
+  c.optim.min_lr_ratio = 0.0
+  c.optim.grad_clip = 1.0 if a.kind == "sit" else 0.0  # train_dit.py does not clip
+  c.optim.ema_decay = 0.9999
+  c.optim.grad_accum_steps = 1
+
+  c.data = ConfigDict()
+  c.data.name = "latents"
+  c.data.path = ""
+  c.data.eval_path = ""
+  c.data.eval_examples = 1000
+  c.data.random_flip = True
+  c.data.num_workers = 4
+  c.data.prefetch = 2
+  c.data.tokenizer = ""  # latents_online
+  c.data.image_source = "photos"
+
+  c.sampling = ConfigDict()  # preview grids (the reference: Euler 50 steps, CFG 4.0)
+  c.sampling.sampler = "ode"
+  c.sampling.steps = 50
+  c.sampling.heun = False
+  c.sampling.cfg_scale = 4.0
+  c.sampling.cfg_low = 0.0
+  c.sampling.cfg_high = 1.0
+
+  c.eval = ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.num_batches = 8
+  c.eval.num_images_grid = 16
+
+  c.ckpt = ConfigDict()
+  c.ckpt.save_every = 50_000
+  c.ckpt.keep = 3
+  c.ckpt.keep_every = 100_000
+  c.ckpt.async_save = True
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+
+  if a.quick:
+    c.model.variant = "mu"
+    c.model.dtype = "float32"
+    c.model.num_classes = 16
+    c.batch_size = 16
+    c.total_steps = 400
+    c.optim.lr = 1e-3
+    c.optim.ema_decay = 0.99
+    c.log_every = 50
+    c.eval_every = 100
+    c.image_every = 200
+    c.data.num_workers = 2
+    c.eval.batch_size = 8
+    c.eval.num_batches = 2
+    c.eval.num_images_grid = 8
+    c.sampling.steps = 20
+    c.ckpt.save_every = 200
+    c.ckpt.keep_every = 0
+  return c
+
+
 def steps_from(config: ConfigDict, num_examples: int | None) -> tuple[int, int]:
   """(total_steps, warmup_steps) from steps or epochs; epochs need the dataset size."""
 
@@ -297,6 +425,8 @@ def validate(config: ConfigDict) -> None:
   if config.data.name == "folder":
     need(bool(config.data.path), "data.name='folder' needs --config.data.path=/path/to/images")
   need(config.mesh.fsdp >= 1, "mesh.fsdp must be >= 1")
+  if config.trainer in ("sit", "dit"):
+    _validate_generator(config, need)
   if config.trainer == "tokenizer":
     from softvq_jax.models.factory import validate_tokenizer_config
 
@@ -341,3 +471,38 @@ def validate(config: ConfigDict) -> None:
       frozen_nets.check_files(config)  # each missing weight file, naming it and its config key
     except ValueError as e:
       raise ConfigError(str(e)) from e
+
+
+def _validate_generator(config: ConfigDict, need) -> None:
+  from softvq_jax.models.sit import SIT_VARIANTS
+  from softvq_jax.sampling import transport
+
+  m, t = config.model, config.transport
+  need(m.name == config.trainer, f"model.name={m.name!r} must equal trainer={config.trainer!r}")
+  need(m.variant in SIT_VARIANTS, f"model.variant={m.variant!r}; known: {sorted(SIT_VARIANTS)}")
+  need(m.patch_size == 1, "model.patch_size must be 1 for 1-D tokens (2-D latents: use the API)")
+  need(0 <= m.class_dropout_prob < 1, "model.class_dropout_prob must be in [0, 1)")
+  need(m.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={m.dtype!r}")
+  need(m.latent_stats in ("cache", "tokenizer"), "model.latent_stats: cache | tokenizer")
+  need(
+    config.data.name in ("latents", "latents_online"),
+    f"data.name={config.data.name!r}: generators train on latents (latents | latents_online)",
+  )
+  if config.data.name == "latents":
+    need(
+      bool(config.data.path),
+      "data.name='latents' needs --config.data.path=/path/to/cache "
+      "(create it with python -m softvq_jax.data.cache_latents)",
+    )
+  need(t.path in transport.PATHS, f"transport.path={t.path!r}; known: {transport.PATHS}")
+  need(
+    t.prediction == "v",
+    f"transport.prediction={t.prediction!r}: the samplers integrate a velocity; train with 'v'",
+  )
+  need(t.time_sampling in transport.TIME_SAMPLING, f"transport.time_sampling={t.time_sampling!r}")
+  need(config.diffusion.noise_schedule in ("linear", "cosine"), "diffusion.noise_schedule")
+  s = config.sampling
+  need(s.sampler in ("ode", "sde"), f"sampling.sampler={s.sampler!r}; ode | sde")
+  need(0 <= s.cfg_low <= s.cfg_high <= 1, "sampling: need 0 <= cfg_low <= cfg_high <= 1")
+  need(s.cfg_scale >= 1, "sampling.cfg_scale must be >= 1")
+  need(s.steps >= 2, "sampling.steps must be >= 2")

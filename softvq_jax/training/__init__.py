@@ -5,6 +5,8 @@ import importlib
 # config.trainer -> module with a `train(config, workdir)` function (imported lazily).
 TRAINERS = {
   "tokenizer": "softvq_jax.training.tokenizer",
+  "sit": "softvq_jax.training.generator",
+  "dit": "softvq_jax.training.generator",
 }
 
 
