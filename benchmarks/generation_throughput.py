@@ -15,6 +15,8 @@ figure is the median of `--iters` timed runs after one compile + warm-up run.
 
 from __future__ import annotations
 
+import pathlib
+import sys
 import time
 
 import jax
@@ -24,8 +26,9 @@ from absl import app, flags
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softvq_jax import configlib
-from softvq_jax.models.factory import build_tokenizer
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # softvq_jax from the checkout
+from softvq_jax import configlib  # noqa: E402
+from softvq_jax.models.factory import build_tokenizer  # noqa: E402
 
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny models and 4 steps: a CPU smoke run in seconds.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Images per pipeline call (split over devices).")
