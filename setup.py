@@ -20,7 +20,11 @@ setup(
     packages=find_packages(include=["softvq_jax", "softvq_jax.*"]),
     install_requires=_REQUIREMENTS,
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.90", "hypothesis>=6.100", "ruff>=0.6"],
+        "test": [
+            "pytest>=8", "chex>=0.1.90", "hypothesis>=6.100", "ruff>=0.6",
+            # tests/test_colab_notebook.py runs the Colab notebook headless.
+            "nbclient", "nbformat", "ipykernel",
+        ],
         # Reading .pth files (torch pickles) is optional; safetensors needs no torch.
         "torch": ["torch"],
     },

@@ -1,0 +1,450 @@
+"""Tokenizer evaluation: rFID (+ sFID, IS), PSNR, SSIM, LPIPS and codebook usage over a split.
+
+The protocol of the reference's `reconstruct_vq.py` (SPEC §3), without its bugs: ADM center crop,
+originals and reconstructions both rounded to uint8 as `clamp(127.5 x + 128, 0, 255)` truncated,
+Inception features of the two uint8 sets streamed into float64 running statistics (never 50k images
+in memory), rFID = Fréchet distance of the pool_3 statistics, PSNR and SSIM on the uint8 images with
+data range 255. Every process evaluates its own share of the split; sums and features are merged
+across processes at the end. The loop state is saved every `save_every` batches so an interrupted
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softvq_jax.evaluation import common, features, image_metrics, metrics
+
+# A tokenizer round trip in jax: (params, x in [-1, 1]) -> (reconstruction, quantizer info).
+RoundTrip = Callable[[Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
+SUM_KEYS = ("psnr", "ssim", "lpips", "mse")
+
+
+def to_uint8_jax(x: jax.Array) -> jax.Array:
+  """[-1, 1] -> uint8 as `image_metrics.to_uint8` (clamp(127.5 x + 128, 0, 255), truncated)."""
+  return jnp.clip(127.5 * x.astype(jnp.float32) + 128.0, 0, 255).astype(jnp.uint8)
+
+
+def tokenizer_round_trip(tokenizer) -> RoundTrip:
+  """encode -> decode of an `inference.Tokenizer` (its module; params are passed separately)."""
+  model = tokenizer.model
+
+  def round_trip(params, x):
+    z_q, info = model.apply({"params": params}, x, method=model.encode)
+    return model.apply({"params": params}, z_q, method=model.decode), info
+
+  return round_trip
+
+
+def make_reconstruct_fn(
+  round_trip: RoundTrip,
+  params: Any,
+  *,
+  lpips_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+  lpips_params: Any = None,
+  mesh=None,
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  """Host float batch (B, S, S, 3) in [-1, 1] -> per-image arrays, split over local devices.
+
+  Outputs: original, reconstruction (uint8), psnr, ssim, mse (uint8 images, data range 255),
+  lpips (on the uint8 images mapped back to [-1, 1]) when `lpips_fn` is given, and the
+  quantizer's argmax indices (B, L) when it has them.
+  """
+
+  def apply(p, x):
+    rec, info = round_trip(p["model"], x)
+    orig_u8, rec_u8 = to_uint8_jax(x), to_uint8_jax(rec)
+    out = {
+      "original": orig_u8,
+      "reconstruction": rec_u8,
+      "psnr": image_metrics.psnr(orig_u8, rec_u8, 255.0),
+      "ssim": image_metrics.ssim(orig_u8, rec_u8, 255.0),
+      "mse": image_metrics.mse(orig_u8, rec_u8),
+    }
+    if lpips_fn is not None:
+      to_float = lambda u: u.astype(jnp.float32) / 127.5 - 1.0
+      out["lpips"] = lpips_fn(p["lpips"], to_float(orig_u8), to_float(rec_u8)).reshape(-1)
+    if "indices" in info:
+      out["indices"] = info["indices"]
+    return out
+
+  return features.make_feature_fn(apply, {"model": params, "lpips": lpips_params}, mesh)
+
+
+class ReconstructionState:
+  """Per-process running state: feature accumulators, metric sums, code counts, grid images."""
+
+  def __init__(
+    self, precision_recall: bool = False, num_codebooks: int = 0, codebook_size: int = 0
+  ):
+    keep = ("logits", "pool") if precision_recall else ("logits",)
+    self.real = features.FeatureAccumulator(("pool", "spatial"), keep)
+    self.fake = features.FeatureAccumulator(("pool", "spatial"), keep)
+    self.sums = {k: 0.0 for k in SUM_KEYS}
+    self.has_lpips = False
+    self.counts = (
+      np.zeros((num_codebooks, codebook_size), np.int64)
+      if num_codebooks and codebook_size
+      else None
+    )
+    self.batches = 0
+    self.grid_original = np.zeros((0, 0, 0, 3), np.uint8)
+    self.grid_reconstruction = np.zeros((0, 0, 0, 3), np.uint8)
+
+  @property
+  def count(self) -> int:
+    return self.fake.count
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    sd = {f"real/{k}": v for k, v in self.real.state_dict().items()}
+    sd.update({f"fake/{k}": v for k, v in self.fake.state_dict().items()})
+    sd.update({f"sums/{k}": np.float64(v) for k, v in self.sums.items()})
+    sd["has_lpips"] = np.bool_(self.has_lpips)
+    sd["batches"] = np.int64(self.batches)
+    sd["grid/original"] = self.grid_original
+    sd["grid/reconstruction"] = self.grid_reconstruction
+    if self.counts is not None:
+      sd["counts"] = self.counts
+    return sd
+
+  def load_state_dict(self, sd: Mapping[str, np.ndarray]) -> None:
+    self.real.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("real/")})
+    self.fake.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("fake/")})
+    self.sums = {k: float(sd[f"sums/{k}"]) for k in SUM_KEYS}
+    self.has_lpips = bool(sd["has_lpips"])
+    self.batches = int(sd["batches"])
+    self.grid_original = np.asarray(sd["grid/original"])
+    self.grid_reconstruction = np.asarray(sd["grid/reconstruction"])
+    if self.counts is not None:
+      if "counts" not in sd or sd["counts"].shape != self.counts.shape:
+        raise ValueError("the saved evaluation state has different codebook counts; delete it")
+      self.counts = np.asarray(sd["counts"], np.int64)
+
+  def save(self, path: str | os.PathLike) -> None:
+    common.save_npz_atomic(path, self.state_dict())
+
+  def load(self, path: str | os.PathLike) -> None:
+    with np.load(path, allow_pickle=False) as data:
+      self.load_state_dict({k: data[k] for k in data.files})
+
+
+def run_reconstruction(
+  reconstruct_fn: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+  feature_fn: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+  batches: Iterable[Mapping[str, np.ndarray]],
+  state: ReconstructionState,
+  *,
+  max_images: int | None = None,
+  grid_images: int = 16,
+  state_path: str | os.PathLike | None = None,
+  save_every: int = 0,
+  progress: common.Progress | None = None,
+  on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+) -> ReconstructionState:
+  """This process's loop: reconstruct, measure, and accumulate Inception features.
+
+  batches: EvalData-style dicts with "image" (B, S, S, 3) in [-1, 1] and "mask" (B,), from the
+    beginning of this process's share (on resume the first `state.batches` batches are skipped).
+  max_images: this process's image limit. on_batch(originals, reconstructions) sees the kept
+    uint8 rows of every batch (e.g. to write them to an ADM npz).
+  """
+  if state_path is not None and pathlib.Path(state_path).is_file():
+    state.load(state_path)
+    if progress is not None:
+      print(f"resuming evaluation after {state.count} images ({state_path})", flush=True)
+  skip = state.batches
+  for i, batch in enumerate(batches):
+    if max_images is not None and state.count >= max_images:
+      break
+    if i < skip:
+      continue
+    keep = np.asarray(batch.get("mask", np.ones(len(batch["image"]), bool)), bool)
+    if max_images is not None:
+      keep &= np.cumsum(keep) <= max_images - state.count
+    out = reconstruct_fn(np.asarray(batch["image"], np.float32))
+    out = {k: np.asarray(v)[keep] for k, v in out.items()}
+    n = int(keep.sum())
+    if n:
+      both = np.concatenate([out["original"], out["reconstruction"]])
+      feats = feature_fn(both)  # one call, one compiled shape
+      state.real.update({k: v[:n] for k, v in feats.items()})
+      state.fake.update({k: v[n:] for k, v in feats.items()})
+      for k in SUM_KEYS:
+        if k in out:
+          state.sums[k] += float(np.sum(out[k], dtype=np.float64))
+      state.has_lpips = "lpips" in out
+      if state.counts is not None and "indices" in out:
+        nc, k = state.counts.shape
+        state.counts += common.count_codes(out["indices"], nc, k)
+      room = grid_images - len(state.grid_original)
+      if room > 0:
+        state.grid_original = _append(state.grid_original, out["original"][:room])
+        state.grid_reconstruction = _append(state.grid_reconstruction, out["reconstruction"][:room])
+      if on_batch is not None:
+        on_batch(out["original"], out["reconstruction"])
+    state.batches = i + 1
+    if progress is not None:
+      progress.update(state.count * jax.process_count())  # an estimate on several processes
+    if state_path is not None and save_every and state.batches % save_every == 0:
+      state.save(state_path)
+  if state_path is not None:
+    state.save(state_path)
+  return state
+
+
+def _append(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  return b.copy() if a.size == 0 else np.concatenate([a, b])
+
+
+def _gather_sums(state: ReconstructionState) -> tuple[dict[str, float], int, np.ndarray | None]:
+  sums = np.array([state.sums[k] for k in SUM_KEYS] + [state.count], np.float64)
+  counts = state.counts
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, len(sums)).sum(0)
+    if counts is not None:
+      counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+  return dict(zip(SUM_KEYS, sums[:-1])), int(sums[-1]), counts
+
+
+def summarize(
+  state: ReconstructionState,
+  *,
+  reference_stats: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+  """The metrics over all processes: rfid, sfid, inception_score (of the reconstructions and of
+  the originals), psnr, ssim, mse, [lpips], [precision, recall], [codebook_*], and, against an
+  ADM reference batch's statistics, fid/sfid of the reconstructions and of the originals."""
+  sums, n, counts = _gather_sums(state)
+  if n < 2:
+    raise ValueError(f"rFID needs at least 2 images, got {n}")
+  real = features.merge_across_processes(state.real)
+  fake = features.merge_across_processes(state.fake)
+  adm = features.adm_metrics(fake, real)
+  out: dict[str, Any] = {
+    "num_images": n,
+    "rfid": adm["fid"],
+    "rsfid": adm["sfid"],
+    "inception_score": adm["inception_score"],
+    "inception_score_originals": metrics.inception_score(
+      real.rows("logits"), split_size=metrics.ADM_IS_SPLIT_SIZE
+    ),
+  }
+  if "precision" in adm:
+    out["precision"], out["recall"] = adm["precision"], adm["recall"]
+  out["psnr"] = sums["psnr"] / n
+  out["ssim"] = sums["ssim"] / n
+  out["mse_uint8"] = sums["mse"] / n
+  if state.has_lpips:
+    out["lpips"] = sums["lpips"] / n
+  if counts is not None and counts.sum():
+    out.update(common.codebook_statistics(counts))
+  if reference_stats is not None:
+    ref = features.adm_metrics(fake, None, reference_stats)
+    out["fid_vs_reference"], out["sfid_vs_reference"] = ref["fid"], ref["sfid"]
+    ref = features.adm_metrics(real, None, reference_stats)
+    out["fid_originals_vs_reference"] = ref["fid"]
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole command: load, iterate a split, write summary.json and grids
+
+
+def lpips_components(vgg_path: str | None, lin_path: str | None):
+  """(lpips_fn, params) from the LPIPS weight files, or (None, None) without them.
+
+  lin_path: the LPIPS heads (vgg.pth) or a full LPIPS state dict; vgg_path: the VGG16 trunk
+  (may be empty when the lin file holds the trunk too).
+  """
+  if not vgg_path and not lin_path:
+    return None, None
+  if not lin_path:
+    raise ValueError("LPIPS needs --lpips_lin (the LPIPS heads) besides --lpips_vgg")
+  try:
+    from softvq_jax.convert.lpips import load_lpips_params
+    from softvq_jax.losses.perceptual import lpips
+  except ImportError as e:
+    raise ImportError(
+      "LPIPS evaluation needs softvq_jax.losses.perceptual.lpips and "
+      "softvq_jax.convert.lpips.load_lpips_params, which this checkout lacks; drop "
+      f"--lpips_vgg/--lpips_lin or update the code ({e})"
+    ) from e
+  return lpips, load_lpips_params(vgg_path, lin_path)
+
+
+def eval_data_config(data_cfg, split: str, crops: int):
+  """A copy of a `data` config section set up for evaluation of `split` with `crops` views."""
+  import ml_collections
+
+  cfg = ml_collections.ConfigDict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else data_cfg)
+  cfg.eval_split = split
+  cfg.eval_crops = crops
+  return cfg
+
+
+def local_share(num_images: int, process_index: int, process_count: int) -> int:
+  """How many of the first `num_images` strided items (EvalData order) this process holds."""
+  return len(range(process_index, num_images, process_count))
+
+
+def evaluate_tokenizer(
+  model: str | os.PathLike | Any,
+  out_dir: str | os.PathLike,
+  *,
+  data_cfg: Any = None,
+  split: str = "validation",
+  num_images: int = 0,
+  crops: int = 1,
+  batch_size: int = 32,
+  inception_path: str | None = None,
+  inception_random_init: bool = False,
+  ref_stats: str | None = None,
+  lpips_vgg: str | None = None,
+  lpips_lin: str | None = None,
+  precision_recall: bool = False,
+  grid_images: int = 16,
+  save_npz: bool = False,
+  save_every: int = 50,
+  resume: bool = True,
+  ema: bool = True,
+  step: int | None = None,
+  round_trip: RoundTrip | None = None,
+  feature_fn: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
+  log_every_s: float = 10.0,
+) -> dict[str, Any]:
+  """Evaluates a tokenizer on a split; writes summary.json and PNG grids to `out_dir`.
+
+  model: an exported model dir or a training workdir (`inference.load_tokenizer`, EMA params by
+    default), or an already loaded `inference.Tokenizer`.
+  data_cfg: a `data` config section (photos/folder/imagenet); defaults to the tokenizer's own.
+  num_images: the first N images of the split (0: all), ADM center crop (`crops` > 1 adds fixed
+    random crops, for tiny sets such as the bundled photos).
+  round_trip: replaces encode -> decode (tests: an identity round trip gives rFID ~ 0).
+  feature_fn: replaces the Inception (tests: a cheap stand-in with small feature dimensions, as
+    scipy's sqrtm of a 2048 x 2048 matrix takes minutes on a small CPU).
+  Returns the summary dict (also written to out_dir/summary.json).
+  """
+  import ml_collections
+
+  from softvq_jax import data, inference
+  from softvq_jax.evaluation import adm_npz
+  from softvq_jax.utils import images as image_utils
+
+  out_dir = pathlib.Path(out_dir)
+  pi, pc = jax.process_index(), jax.process_count()
+  if feature_fn is None:  # first: a missing weight file should fail before any other work
+    inc_params, comparable = common.inception_params(inception_path, inception_random_init)
+    feature_fn = common.inception_feature_fn(inc_params)
+  else:
+    comparable = False
+  tok = model if isinstance(model, inference.Tokenizer) else None
+  if tok is None:
+    tok = inference.load_tokenizer(model, ema=ema, step=step)
+  if data_cfg is None:
+    if "data" not in tok.config:
+      raise ValueError(
+        f"{model}: the tokenizer's config has no `data` section; pass a config whose data section "
+        "names the dataset (--config=configs/tokenizer_b.py --config.data.name=imagenet ...) or "
+        "--data=photos"
+      )
+    data_cfg = ml_collections.ConfigDict(tok.config["data"])
+  image_size = int(tok.config["model"]["image_size"])
+  if data_cfg.get("name") != "imagenet" and split != "validation":
+    print(
+      f"note: --split={split!r} selects TFDS splits (data.name=imagenet) only; evaluating the "
+      f"held-out images of data.name={data_cfg.get('name')!r}",
+      flush=True,
+    )
+  eval_data = data.build_eval_data(
+    eval_data_config(data_cfg, split, crops),
+    image_size=image_size,
+    batch_size=batch_size,
+    process_index=pi,
+    process_count=pc,
+  )
+  total = eval_data.num_examples if not num_images else min(num_images, eval_data.num_examples)
+  local = local_share(total, pi, pc)
+
+  lp_fn, lp_params = lpips_components(lpips_vgg, lpips_lin)
+  q = tok.config.get("quantizer", {})  # code counts are filled only if encode returns indices
+  reconstruct_fn = make_reconstruct_fn(
+    round_trip or tokenizer_round_trip(tok), tok.params, lpips_fn=lp_fn, lpips_params=lp_params
+  )
+  state = ReconstructionState(
+    precision_recall, int(q.get("num_codebooks", 1)), int(q.get("codebook_size", 0))
+  )
+  suffix = f".p{pi}" if pc > 1 else ""
+  state_path = out_dir / f"eval_state{suffix}.npz" if resume else None
+  if state_path is not None and pi == 0:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  writer = None
+  if save_npz:
+    if state_path is not None and state_path.is_file():
+      state_path.unlink()  # the npz is streamed in one pass; a resumed run would leave a gap
+    writer = adm_npz.SampleNpzWriter(
+      out_dir / f"reconstructions{suffix}.npz", local, (image_size, image_size, 3)
+    )
+  progress = common.Progress(total, every_s=log_every_s)
+  print(
+    f"tokenizer evaluation: {total} images of split {split!r} at {image_size}px, batch "
+    f"{batch_size}, {common.device_description()}",
+    flush=True,
+  )
+  try:
+    run_reconstruction(
+      reconstruct_fn,
+      feature_fn,
+      eval_data.iterator(),
+      state,
+      max_images=local,
+      grid_images=grid_images,
+      state_path=state_path,
+      save_every=save_every,
+      progress=progress,
+      on_batch=(lambda o, r: writer.write(r)) if writer is not None else None,
+    )
+    if writer is not None:
+      writer.close()
+  except BaseException:
+    if writer is not None:
+      writer.abort()
+    raise
+  progress.update(state.count * pc, force=True)
+  summary = summarize(state, reference_stats=common.reference_statistics(ref_stats))
+  summary.update(
+    model=str(model) if not isinstance(model, inference.Tokenizer) else "<in-memory tokenizer>",
+    split=split,
+    image_size=image_size,
+    crops=crops,
+    inception_weights=(
+      str(inception_path) if inception_path and comparable else "random-init or replaced"
+    ),
+    comparable=comparable,
+    protocol=(
+      "ADM center crop; originals and reconstructions as uint8 clamp(127.5x+128) (truncated); "
+      "FID Inception (pt_inception-2015-12-05, TF1 resize to 299); PSNR/SSIM on uint8, data "
+      "range 255"
+    ),
+    devices=common.device_description(),
+    seconds=progress.elapsed(),
+    images_per_second=progress.rate(),
+  )
+  if not comparable:
+    summary["warning"] = common.RANDOM_INIT_WARNING
+  if pi == 0:
+    common.write_json(out_dir / "summary.json", summary)
+    if len(state.grid_original):
+      image_utils.save_png(
+        out_dir / "reconstructions.png",
+        image_utils.side_by_side(state.grid_original, state.grid_reconstruction, ncols=4),
+      )
+  return summary

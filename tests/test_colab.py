@@ -1,0 +1,39 @@
+"""Colab helpers: released-folder loading (converted in memory), image preparation, grids."""
+
+import json
+
+import numpy as np
+from PIL import Image
+from tiny_models import TOKENIZER_SIZE as S
+from tiny_models import save_tiny_tokenizer
+
+from softvq_jax import checkpointing, colab, inference
+from softvq_jax.convert import io as wio
+from softvq_jax.convert import tokenizer_to_reference
+from softvq_jax.convert.reference_config import model_to_reference_config
+from softvq_jax.evaluation import image_metrics
+
+
+def test_released_folder_loads_like_the_model_dir(tmp_path):
+  model_dir = save_tiny_tokenizer(tmp_path / "model")
+  params, config = checkpointing.load_model(model_dir)
+  released = tmp_path / "released"  # the HF SoftVQVAE/* layout
+  released.mkdir()
+  ref_config = model_to_reference_config(config)
+  wio.save_safetensors(tokenizer_to_reference(params, ref_config), released / "model.safetensors")
+  (released / "config.json").write_text(json.dumps(ref_config))
+
+  a, b = colab.load_tokenizer(released), inference.load_tokenizer(model_dir)
+  photos = colab.bundled_photos("eval")
+  x = colab.prepare_images([photos[0], np.asarray(photos[1]), photos[0].convert("L")], S)
+  assert x.shape == (3, S, S, 3) and x.dtype == np.float32 and -1 <= x.min() < x.max() <= 1
+  orig, rec = colab.reconstruct(a, x, batch_size=2)
+  _, rec_b = colab.reconstruct(b, x)
+  np.testing.assert_array_equal(orig, image_metrics.to_uint8(x))
+  assert rec.dtype == np.uint8 and np.abs(rec.astype(int) - rec_b).max() <= 1
+
+  table = colab.image_metrics_table(orig, rec)
+  np.testing.assert_allclose(table["psnr"], image_metrics.psnr(orig, rec, 255.0), rtol=1e-6)
+  pair = colab.comparison(orig, rec, ncols=3)
+  assert isinstance(pair, Image.Image) and pair.size == (2 + 6 * (S + 2), 2 + S + 2)
+  assert colab.grid(rec, ncols=2).size == (2 + 2 * (S + 2), 2 + 2 * (S + 2))
