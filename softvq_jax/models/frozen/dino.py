@@ -102,44 +102,6 @@ def preprocess(x: jax.Array, key: jax.Array | None, size: int = IMAGE_SIZE) -> j
 
 
 # ----------------------------------------------------------------------------- the ViT
-class _PatchProj(nn.Module):
-  """The conv parameters (kernel (p, p, 3, E), bias) applied as patchify + matmul."""
-
-  width: int
-  patch_size: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    p, c = self.patch_size, x.shape[-1]
-    init = nn.initializers.lecun_normal()
-    kernel = self.param("kernel", init, (p, p, c, self.width), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, (self.width,), self.param_dtype)
-    b, h, w, _ = x.shape
-    x = x.reshape(b, h // p, p, w // p, p, c).astype(self.dtype)
-    out = jnp.einsum("bhpwqc,pqce->bhwe", x, kernel.astype(self.dtype))
-    return (out + bias.astype(self.dtype)).reshape(b, (h // p) * (w // p), self.width)
-
-
-class PatchEmbed(nn.Module):
-  """Same parameters and output as `vit.PatchEmbed` (stride-p conv), computed as a matmul.
-
-  The discriminator back-propagates to the images; the input gradient of a strided conv is a
-  base-dilated conv that XLA:CPU runs orders of magnitude slower than this matmul.
-  """
-
-  width: int
-  patch_size: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    proj = _PatchProj(self.width, self.patch_size, self.dtype, self.param_dtype, name="proj")
-    return proj(x)
-
-
 class DinoViT(nn.Module):
   """ImageNet-normalised (B, 224, 224, 3) -> [embed, block taps...] each (B, 196, width).
 
@@ -161,7 +123,7 @@ class DinoViT(nn.Module):
     e, n = self.width, (self.image_size // self.patch_size) ** 2
     pd = self.param_dtype
     init = nn.initializers.normal(0.02)
-    self.patch_embed = PatchEmbed(e, self.patch_size, self.dtype, pd)
+    self.patch_embed = vit.PatchEmbed(e, self.patch_size, self.dtype, pd)  # patchify + matmul
     self.cls_token = self.param("cls_token", init, (1, 1, e), pd)
     self.pos_embed = self.param("pos_embed", init, (1, 1 + n, e), pd)
     self.transformer = vit.Transformer(
