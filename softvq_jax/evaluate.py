@@ -21,59 +21,131 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-_MODE = flags.DEFINE_enum("mode", "tokenizer", ["tokenizer", "generation"], "What to evaluate.")
-_MODEL = flags.DEFINE_string("model", None, "Model dir (config.json + params) to evaluate.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (EMA params of a checkpoint).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of --workdir (default: latest).")
-_RAW = flags.DEFINE_bool("raw", False, "Evaluate the raw instead of the EMA params.")
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Config file whose `data` section names the dataset (default: the model's)."
+from softvq_jax.utils import cli
+
+FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
+_MODE = flags.DEFINE_enum(
+  "mode", "tokenizer", ["tokenizer", "generation"], "What to evaluate.", flag_values=FLAGS
 )
-_DATA = flags.DEFINE_string("data", None, "Shortcut for the dataset name (photos|folder|imagenet).")
-_SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate (data.eval_split).")
-_NUM = flags.DEFINE_integer("num_images", 0, "First N images of the split (0: all).")
-_CROPS = flags.DEFINE_integer("crops", 1, "Views per image: 1 = ADM center crop (the protocol).")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per batch and process.")
+_MODEL = flags.DEFINE_string(
+  "model", None, "Model dir (config.json + params) to evaluate.", flag_values=FLAGS
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Training workdir (EMA params of a checkpoint).", flag_values=FLAGS
+)
+_STEP = flags.DEFINE_integer(
+  "step", None, "Checkpoint step of --workdir (default: latest).", flag_values=FLAGS
+)
+_RAW = flags.DEFINE_bool(
+  "raw", False, "Evaluate the raw instead of the EMA params.", flag_values=FLAGS
+)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Config file whose `data` section names the dataset (default: the model's).",
+  flag_values=FLAGS,
+)
+_DATA = flags.DEFINE_string(
+  "data", None, "Shortcut for the dataset name (photos|folder|imagenet).", flag_values=FLAGS
+)
+_SPLIT = flags.DEFINE_string(
+  "split", "validation", "Split to evaluate (data.eval_split).", flag_values=FLAGS
+)
+_NUM = flags.DEFINE_integer(
+  "num_images", 0, "First N images of the split (0: all).", flag_values=FLAGS
+)
+_CROPS = flags.DEFINE_integer(
+  "crops", 1, "Views per image: 1 = ADM center crop (the protocol).", flag_values=FLAGS
+)
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per batch and process.", flag_values=FLAGS)
 _INCEPTION = flags.DEFINE_string(
-  "inception", None, "pt_inception-2015-12-05 weights (.safetensors/.npz, or .pth with torch)."
+  "inception",
+  None,
+  "pt_inception-2015-12-05 weights (.safetensors/.npz, or .pth with torch).",
+  flag_values=FLAGS,
 )
 _RANDOM_INCEPTION = flags.DEFINE_bool(
-  "inception_random_init", False, "Random Inception weights (tests only; metrics not comparable)."
+  "inception_random_init",
+  False,
+  "Random Inception weights (tests only; metrics not comparable).",
+  flag_values=FLAGS,
 )
-_REF = flags.DEFINE_string("ref_stats", None, "ADM reference batch with mu/sigma (optional).")
-_LPIPS_VGG = flags.DEFINE_string("lpips_vgg", None, "VGG16 trunk for LPIPS (see --lpips_lin).")
+_REF = flags.DEFINE_string(
+  "ref_stats", None, "ADM reference batch with mu/sigma (optional).", flag_values=FLAGS
+)
+_LPIPS_VGG = flags.DEFINE_string(
+  "lpips_vgg", None, "VGG16 trunk for LPIPS (see --lpips_lin).", flag_values=FLAGS
+)
 _LPIPS_LIN = flags.DEFINE_string(
-  "lpips_lin", None, "LPIPS heads (vgg.pth) or a full LPIPS state dict: enables LPIPS."
+  "lpips_lin",
+  None,
+  "LPIPS heads (vgg.pth) or a full LPIPS state dict: enables LPIPS.",
+  flag_values=FLAGS,
 )
 _PR = flags.DEFINE_bool(
-  "precision_recall", None, "Precision/recall (keeps pool rows); default: generation only."
+  "precision_recall",
+  None,
+  "Precision/recall (keeps pool rows); default: generation only.",
+  flag_values=FLAGS,
 )
-_GRID = flags.DEFINE_integer("grid_images", 16, "Images in reconstructions.png.")
-_NPZ = flags.DEFINE_bool("save_npz", False, "Write the uint8 reconstructions as an ADM .npz.")
-_SAVE_EVERY = flags.DEFINE_integer("save_every", 50, "Save the resumable state every N batches.")
-_RESUME = flags.DEFINE_bool("resume", True, "Resume from out/eval_state.npz if present.")
-_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_GRID = flags.DEFINE_integer("grid_images", 16, "Images in reconstructions.png.", flag_values=FLAGS)
+_NPZ = flags.DEFINE_bool(
+  "save_npz", False, "Write the uint8 reconstructions as an ADM .npz.", flag_values=FLAGS
+)
+_SAVE_EVERY = flags.DEFINE_integer(
+  "save_every", 50, "Save the resumable state every N batches.", flag_values=FLAGS
+)
+_RESUME = flags.DEFINE_bool(
+  "resume", True, "Resume from out/eval_state.npz if present.", flag_values=FLAGS
+)
+_OUT = flags.DEFINE_string("out", None, "Output directory.", flag_values=FLAGS)
 # Generation mode
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer dir (default: the generator's).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 50_000, "Samples to generate.")
-_CLASSES = flags.DEFINE_string("classes", "", 'Classes cycled over the samples: "" all, "0-9".')
+_TOKENIZER = flags.DEFINE_string(
+  "tokenizer", None, "Tokenizer dir (default: the generator's).", flag_values=FLAGS
+)
+_NUM_SAMPLES = flags.DEFINE_integer(
+  "num_samples", 50_000, "Samples to generate.", flag_values=FLAGS
+)
+_CLASSES = flags.DEFINE_string(
+  "classes", "", 'Classes cycled over the samples: "" all, "0-9".', flag_values=FLAGS
+)
 _SAMPLER = flags.DEFINE_enum(
-  "sampler", None, ["sde", "ode", "diffusion"], "Default: sde (SiT), diffusion (DiT)."
+  "sampler",
+  None,
+  ["sde", "ode", "diffusion"],
+  "Default: sde (SiT), diffusion (DiT).",
+  flag_values=FLAGS,
 )
-_STEPS = flags.DEFINE_integer("steps", 250, "Sampler steps.")
-_HEUN = flags.DEFINE_bool("heun", False, "Heun instead of Euler (ode).")
-_CFG = flags.DEFINE_float("cfg_scale", 1.75, "Classifier-free guidance scale (1: none).")
-_INTERVAL = flags.DEFINE_string("cfg_interval", "0,0.7", "Guidance only for low <= t <= high.")
-_PATH = flags.DEFINE_enum("path", "linear", ["linear", "cosine"], "Interpolant (SDE score).")
-_SCHEDULE = flags.DEFINE_enum("noise_schedule", "cosine", ["linear", "cosine"], "DiT schedule.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sample i uses fold_in(key(seed), i).")
-_REF_BATCH = flags.DEFINE_string("ref_batch", None, "ADM reference batch (VIRTUAL_*.npz).")
-_PART = flags.DEFINE_integer("part_size", 1000, "Samples per resumable part.")
-_KEEP_PARTS = flags.DEFINE_bool("keep_parts", False, "Keep the part files after assembling.")
+_STEPS = flags.DEFINE_integer("steps", 250, "Sampler steps.", flag_values=FLAGS)
+_HEUN = flags.DEFINE_bool("heun", False, "Heun instead of Euler (ode).", flag_values=FLAGS)
+_CFG = flags.DEFINE_float(
+  "cfg_scale", 1.75, "Classifier-free guidance scale (1: none).", flag_values=FLAGS
+)
+_INTERVAL = flags.DEFINE_string(
+  "cfg_interval", "0,0.7", "Guidance only for low <= t <= high.", flag_values=FLAGS
+)
+_PATH = flags.DEFINE_enum(
+  "path", "linear", ["linear", "cosine"], "Interpolant (SDE score).", flag_values=FLAGS
+)
+_SCHEDULE = flags.DEFINE_enum(
+  "noise_schedule", "cosine", ["linear", "cosine"], "DiT schedule.", flag_values=FLAGS
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Sample i uses fold_in(key(seed), i).", flag_values=FLAGS)
+_REF_BATCH = flags.DEFINE_string(
+  "ref_batch", None, "ADM reference batch (VIRTUAL_*.npz).", flag_values=FLAGS
+)
+_PART = flags.DEFINE_integer("part_size", 1000, "Samples per resumable part.", flag_values=FLAGS)
+_KEEP_PARTS = flags.DEFINE_bool(
+  "keep_parts", False, "Keep the part files after assembling.", flag_values=FLAGS
+)
 _DISTRIBUTED = flags.DEFINE_enum(
-  "distributed", "auto", ["auto", "true", "false"], "jax.distributed.initialize() (as main)."
+  "distributed",
+  "auto",
+  ["auto", "true", "false"],
+  "jax.distributed.initialize() (as main).",
+  flag_values=FLAGS,
 )
-flags.mark_flags_as_required(["out"])
+flags.mark_flags_as_required(["out"], flag_values=FLAGS)
 
 
 def _distributed_init():
@@ -190,4 +262,4 @@ def _tokenizer():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, FLAGS)

@@ -13,18 +13,30 @@ import json
 import pathlib
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 
 from softvq_jax import checkpointing, data, inference
+from softvq_jax.utils import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.")
-_OUT = flags.DEFINE_string("out", None, "Output model directory (or .safetensors for reference).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_RAW = flags.DEFINE_bool("raw", False, "Export the raw params instead of the EMA params.")
-_STATS = flags.DEFINE_integer("stats_images", 10_000, "Images for vq_mean/vq_std (0: keep).")
-_FORMAT = flags.DEFINE_enum("format", "model", ["model", "reference"], "Output format.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
-flags.mark_flags_as_required(["workdir", "out"])
+FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Training workdir with checkpoints/.", flag_values=FLAGS
+)
+_OUT = flags.DEFINE_string(
+  "out", None, "Output model directory (or .safetensors for reference).", flag_values=FLAGS
+)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", flag_values=FLAGS)
+_RAW = flags.DEFINE_bool(
+  "raw", False, "Export the raw params instead of the EMA params.", flag_values=FLAGS
+)
+_STATS = flags.DEFINE_integer(
+  "stats_images", 10_000, "Images for vq_mean/vq_std (0: keep).", flag_values=FLAGS
+)
+_FORMAT = flags.DEFINE_enum(
+  "format", "model", ["model", "reference"], "Output format.", flag_values=FLAGS
+)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
 
 
 def export(workdir, out, *, step=None, ema=True, stats_images=10_000, fmt="model", overwrite=False):
@@ -81,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, FLAGS)

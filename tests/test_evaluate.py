@@ -182,7 +182,6 @@ def test_missing_inception_weights_name_the_flag(tmp_path, model_dir):
 
 
 def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
-  from absl import flags
 
   from softvq_jax import evaluate
 
@@ -199,12 +198,12 @@ def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
     "--save_npz",
     f"--out={tmp_path}",
   ]
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
+  evaluate.FLAGS.unparse_flags()
+  evaluate.FLAGS(argv)
   try:
     evaluate.main([])
   finally:
-    flags.FLAGS.unparse_flags()
+    evaluate.FLAGS.unparse_flags()
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["num_images"] == 3 and summary["crops"] == 2
   with np.load(tmp_path / "reconstructions.npz") as f:

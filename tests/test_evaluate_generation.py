@@ -236,7 +236,6 @@ def test_process_ranges_cover_the_samples():
 
 
 def test_command_line_generation_mode(tmp_path, models, reference, monkeypatch):
-  from absl import flags
 
   from softvq_jax import evaluate
 
@@ -258,12 +257,12 @@ def test_command_line_generation_mode(tmp_path, models, reference, monkeypatch):
     "--inception_random_init",
     f"--out={tmp_path}",
   ]
-  flags.FLAGS.unparse_flags()
+  evaluate.FLAGS.unparse_flags()
   try:
-    flags.FLAGS(argv)
+    evaluate.FLAGS(argv)
     evaluate.main([])
   finally:
-    flags.FLAGS.unparse_flags()
+    evaluate.FLAGS.unparse_flags()
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["sampler"] == "sde" and summary["cfg_interval"] == [0.0, 0.5]
   assert summary["num_samples"] == 6 and np.isfinite(summary["fid"])

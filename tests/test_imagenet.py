@@ -14,7 +14,6 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
-from absl import flags
 from fake_imagenet import (
   CMYK,
   CORRUPT,
@@ -292,11 +291,11 @@ def test_unprepared_and_tfrecord_datasets_fail_with_the_fix(tmp_path):
   assert f"--data_dir={tfrecord_dir} --overwrite" in command.group(2)
   args = command.group(2).replace("/path/to/tars", str(tmp_path / "manual")).split()
   assert command.group(1) == "softvq_jax.data.prepare_imagenet"
-  flags.FLAGS(["prepare_imagenet", *args])  # in-process: saves a Python start-up
+  prepare_imagenet.FLAGS(["prepare_imagenet", *args])  # in-process: saves a Python start-up
   try:
     prepare_imagenet.main([])
   finally:
-    flags.FLAGS.unparse_flags()
+    prepare_imagenet.FLAGS.unparse_flags()
   assert train_data(str(tfrecord_dir), global_batch=2).num_examples == 2
   with pytest.raises(imagenet.DatasetNotReady, match="needs random access"):
     data.build_train_data(

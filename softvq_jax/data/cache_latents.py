@@ -21,27 +21,63 @@ from ml_collections import ConfigDict, config_flags
 
 from softvq_jax import configlib, data, inference
 from softvq_jax.data import latents
+from softvq_jax.utils import cli
 
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Exported tokenizer dir or training workdir.")
-_OUT = flags.DEFINE_string("out", None, "Output cache directory.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose data section to encode.")
-_DATA = flags.DEFINE_enum("data", None, list(data.IMAGE_DATASETS), "Dataset (overrides --config).")
-_DATA_PATH = flags.DEFINE_string("data_path", None, "data.path (folder: the training images).")
-_EVAL_PATH = flags.DEFINE_string("eval_path", None, "data.eval_path (folder: held-out images).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "data.data_dir (TFDS data dir for imagenet).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "data.manual_dir (ImageNet tars).")
-_SPLIT = flags.DEFINE_enum(
-  "split", "train", ["train", "eval", "validation", "val"], "Which source split to encode."
+FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
+_TOKENIZER = flags.DEFINE_string(
+  "tokenizer", None, "Exported tokenizer dir or training workdir.", flag_values=FLAGS
 )
-_BATCH = flags.DEFINE_integer("batch", 64, "Images per encode step on this host (x2 with flips).")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", sorted(latents.DTYPES), "Stored latent dtype.")
-_SHARD = flags.DEFINE_integer("examples_per_shard", 10_000, "Examples per ArrayRecord shard.")
-_WORKERS = flags.DEFINE_integer("workers", None, "Image decoding threads (default: CPU count).")
-_MAX = flags.DEFINE_integer("max_examples", None, "Encode only the first N examples.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir (latest).")
-_RAW = flags.DEFINE_bool("raw", False, "Use the raw params of a workdir instead of the EMA ones.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-create an existing cache.")
-flags.mark_flags_as_required(["tokenizer", "out"])
+_OUT = flags.DEFINE_string("out", None, "Output cache directory.", flag_values=FLAGS)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config whose data section to encode.", flag_values=FLAGS
+)
+_DATA = flags.DEFINE_enum(
+  "data", None, list(data.IMAGE_DATASETS), "Dataset (overrides --config).", flag_values=FLAGS
+)
+_DATA_PATH = flags.DEFINE_string(
+  "data_path", None, "data.path (folder: the training images).", flag_values=FLAGS
+)
+_EVAL_PATH = flags.DEFINE_string(
+  "eval_path", None, "data.eval_path (folder: held-out images).", flag_values=FLAGS
+)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "data.data_dir (TFDS data dir for imagenet).", flag_values=FLAGS
+)
+_MANUAL_DIR = flags.DEFINE_string(
+  "manual_dir", None, "data.manual_dir (ImageNet tars).", flag_values=FLAGS
+)
+_SPLIT = flags.DEFINE_enum(
+  "split",
+  "train",
+  ["train", "eval", "validation", "val"],
+  "Which source split to encode.",
+  flag_values=FLAGS,
+)
+_BATCH = flags.DEFINE_integer(
+  "batch", 64, "Images per encode step on this host (x2 with flips).", flag_values=FLAGS
+)
+_DTYPE = flags.DEFINE_enum(
+  "dtype", "bfloat16", sorted(latents.DTYPES), "Stored latent dtype.", flag_values=FLAGS
+)
+_SHARD = flags.DEFINE_integer(
+  "examples_per_shard", 10_000, "Examples per ArrayRecord shard.", flag_values=FLAGS
+)
+_WORKERS = flags.DEFINE_integer(
+  "workers", None, "Image decoding threads (default: CPU count).", flag_values=FLAGS
+)
+_MAX = flags.DEFINE_integer(
+  "max_examples", None, "Encode only the first N examples.", flag_values=FLAGS
+)
+_STEP = flags.DEFINE_integer(
+  "step", None, "Checkpoint step of a training workdir (latest).", flag_values=FLAGS
+)
+_RAW = flags.DEFINE_bool(
+  "raw", False, "Use the raw params of a workdir instead of the EMA ones.", flag_values=FLAGS
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Re-create an existing cache.", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["tokenizer", "out"], flag_values=FLAGS)
 
 
 def data_config(tokenizer_config: dict) -> ConfigDict:
@@ -115,4 +151,4 @@ def _encode(tok, source, cfg, tokenizer_path):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, FLAGS)

@@ -7,15 +7,23 @@
 apache-beam installed; this entry point needs only the pinned requirements.
 """
 
-from absl import app, flags
+from absl import flags
 
 from softvq_jax.data import imagenet
+from softvq_jax.utils import cli
 
-_NAME = flags.DEFINE_string("name", imagenet.DEFAULT_NAME, "TFDS dataset name.")
-_MANUAL = flags.DEFINE_string("manual_dir", None, "Directory of the downloaded tars.")
-_DATA = flags.DEFINE_string("data_dir", "", "TFDS data_dir to write ('' = TFDS default).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an already prepared copy first.")
-flags.mark_flags_as_required(["manual_dir"])
+FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
+_NAME = flags.DEFINE_string("name", imagenet.DEFAULT_NAME, "TFDS dataset name.", flag_values=FLAGS)
+_MANUAL = flags.DEFINE_string(
+  "manual_dir", None, "Directory of the downloaded tars.", flag_values=FLAGS
+)
+_DATA = flags.DEFINE_string(
+  "data_dir", "", "TFDS data_dir to write ('' = TFDS default).", flag_values=FLAGS
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Delete an already prepared copy first.", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["manual_dir"], flag_values=FLAGS)
 
 
 def main(argv):
@@ -26,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, FLAGS)

@@ -198,8 +198,6 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
         batch = sharding.global_batch(next(batches), mesh)
         state, metrics = step_fn(state, batch, frozen)
       history.append(metrics)
-      for hook in hooks:
-        hook(step)
       if step % config.log_every == 0 or step == last_step:
         means, sums = _reduce(history)
         history = []
@@ -211,6 +209,10 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
           )
         means.update(task.window_metrics(sums))
         writer.write_scalars(step, means)
+      # After the window's metrics are fetched: steps run asynchronously, so only then does the
+      # wall-clock time cover the steps actually computed (honest steps/s and ETA).
+      for hook in hooks:
+        hook(step)
       if ckpt.should_save(step) and step != last_step:
         ckpt.save(step, state, config=config, data_state={"next_step": step})
       if step % config.eval_every == 0 or step == last_step:
