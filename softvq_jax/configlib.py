@@ -181,19 +181,17 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.eval.batch_size = 64
   c.eval.num_images_grid = 8
 
-  c.ckpt = ConfigDict()
-  c.ckpt.save_every = 10_000
-  c.ckpt.keep = 3
-  c.ckpt.keep_every = 50_000
-  c.ckpt.async_save = True
-
-  c.mesh = ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
+  _add_run_sections(c, save_every=10_000, keep_every=50_000)
 
   if a.quick:
     _make_quick(c, a)
   return c
+
+
+def _add_run_sections(c: ConfigDict, *, save_every: int, keep_every: int) -> None:
+  """The checkpoint and mesh sections every trainer's config has."""
+  c.ckpt = ConfigDict(dict(save_every=save_every, keep=3, keep_every=keep_every, async_save=True))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1))  # data=-1: all devices not used by fsdp
 
 
 def _make_quick(c: ConfigDict, a: ConfigDict) -> None:
@@ -333,15 +331,7 @@ def generator_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.eval.num_batches = 8
   c.eval.num_images_grid = 16
 
-  c.ckpt = ConfigDict()
-  c.ckpt.save_every = 50_000
-  c.ckpt.keep = 3
-  c.ckpt.keep_every = 100_000
-  c.ckpt.async_save = True
-
-  c.mesh = ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
+  _add_run_sections(c, save_every=50_000, keep_every=100_000)
 
   if a.quick:
     c.model.variant = "mu"

@@ -161,17 +161,6 @@ def _distributed_init():
     jax.distributed.initialize()
 
 
-def _hide_accelerators_from_tf():
-  """tf.data runs on CPU only (softvq_jax.main does the same; importing it would clash flags)."""
-  try:
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (ImportError, RuntimeError, ValueError):
-    pass
-
-
 def _data_config():
   cfg = _CONFIG.value.data if _CONFIG.value is not None else None
   if _DATA.value:
@@ -226,7 +215,7 @@ def main(argv):
       "no Inception weights: pass --inception=/path/to/pt_inception-2015-12-05.safetensors "
       "(or --inception_random_init for a smoke test whose metrics are not comparable)"
     )
-  _hide_accelerators_from_tf()
+  cli.hide_accelerators_from_tf()
   _distributed_init()
   if _MODE.value == "generation":
     summary = _generation()

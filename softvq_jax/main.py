@@ -10,6 +10,8 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from softvq_jax.utils import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and images go.")
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -39,7 +41,7 @@ def main(argv):
   from softvq_jax import configlib, training
 
   configlib.validate(config)  # before anything compiles
-  _hide_accelerators_from_tf()
+  cli.hide_accelerators_from_tf()
   if _needs_distributed_init():
     jax.distributed.initialize()
   logging.info(
@@ -56,17 +58,6 @@ def main(argv):
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
   training.run(config, str(workdir))
-
-
-def _hide_accelerators_from_tf():
-  """tf.data runs on CPU only; keep TensorFlow away from GPU/TPU memory."""
-  try:
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (ImportError, RuntimeError, ValueError):
-    pass
 
 
 if __name__ == "__main__":

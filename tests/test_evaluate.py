@@ -212,8 +212,9 @@ def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
 
 
 def test_lpips_branch_matches_lpips(model_dir):
-  perceptual = pytest.importorskip("softvq_jax.losses.perceptual")
-  loader = pytest.importorskip("softvq_jax.convert.lpips")
+  from softvq_jax.convert import lpips as loader
+  from softvq_jax.losses import perceptual
+
   lp_params = loader.load_lpips_params(None, None, random_init=True)
   tok = inference.load_tokenizer(model_dir)
   fn = reconstruction.make_reconstruct_fn(
@@ -234,7 +235,8 @@ def test_lpips_branch_matches_lpips(model_dir):
 
 
 def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):
-  fake = pytest.importorskip("fake_imagenet")
+  import fake_imagenet as fake
+
   data_dir = fake.prepare_fake_imagenet(
     tmp_path / "imagenet", num_classes=2, per_class=2, num_val=5, bad_images=False
   )

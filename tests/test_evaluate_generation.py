@@ -12,13 +12,22 @@ tokenizer evaluation and tested there).
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_models import TOKENIZER_SIZE as S
 from tiny_models import save_tiny_sit, save_tiny_tokenizer, tiny_sit
 
 from softvq_jax import inference
-from softvq_jax.evaluation import adm_npz, common, features, generation, metrics, reconstruction
+from softvq_jax.evaluation import (
+  adm_npz,
+  common,
+  features,
+  generation,
+  image_metrics,
+  metrics,
+)
+from softvq_jax.sampling import generate as gen_lib
 
 FEATURES = common.tiny_feature_fn(seed=3)
 SETTINGS = dict(sampler="ode", steps=2, cfg_scale=1.5, cfg_interval=(0.0, 1.0))
@@ -33,7 +42,7 @@ def tok_dir(tmp_path_factory):
 def decode_sampler(tok_dir):
   """A sampler-free adapter: sample i = decode(N(0, 1) latents from fold_in(key(7), i))."""
   tok = inference.load_tokenizer(tok_dir)
-  decode = jax.jit(lambda z: reconstruction.to_uint8_jax(tok.decode(z)))
+  decode = jax.jit(lambda z: image_metrics.to_uint8(tok.decode(z), jnp))
 
   def images(start, stop):
     keys = [jax.random.fold_in(jax.random.key(7), i) for i in range(start, stop)]
@@ -51,7 +60,6 @@ def decode_sampler(tok_dir):
 
 @pytest.fixture(scope="module")
 def models(tok_dir, tmp_path_factory):
-  gen_lib = pytest.importorskip("softvq_jax.sampling.generate")
   tok = inference.load_tokenizer(tok_dir)
   model, params = tiny_sit()
   gen_dir = save_tiny_sit(tmp_path_factory.mktemp("sit") / "sit", tok_dir)
@@ -132,7 +140,6 @@ def test_sample_stream_end_to_end(tmp_path, decode_sampler, reference):
 
 
 def test_generation_eval_end_to_end(tmp_path, models, reference):
-  gen_lib = pytest.importorskip("softvq_jax.sampling.generate")
   gen, _ = models
   ref_path, ref_f = reference
   settings = gen_lib.SamplerSettings(**SETTINGS)

@@ -14,37 +14,21 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
 from softvq_jax import checkpointing, configlib
 from softvq_jax.data import latents
-from softvq_jax.models.factory import build_tokenizer
 from softvq_jax.sampling import generate as g
 from softvq_jax.training import loop
 from softvq_jax.training.generator import GeneratorTask
 
-S, L, D = 32, 8, 4
-
-
-def _tiny_tokenizer_config():
-  c = configlib.tokenizer_config("B", "quick")
-  c.model.image_size = S
-  for part in (c.model.encoder, c.model.decoder):
-    part.variant, part.patch_size, part.depth, part.width, part.heads = "mu", 8, 1, 32, 2
-  c.model.num_latent_tokens, c.model.codebook_embed_dim = L, D
-  c.quantizer.codebook_size, c.quantizer.num_codebooks = 16, 2
-  return c
+S, L, D = TOKENIZER_SIZE, 8, 4  # tiny_models' tokenizer
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("gen")
-  c = _tiny_tokenizer_config()
-  model = build_tokenizer(c.model, c.quantizer)
-  x = np.zeros((1, S, S, 3), np.float32)
-  params = jax.jit(lambda k: model.init({"params": k, "sample": k}, x)["params"])(
-    jax.random.PRNGKey(0)
-  )
-  tok_dir = checkpointing.save_model(root / "tok", params, c)
+  tok_dir = save_tiny_tokenizer(root / "tok")
   rng = np.random.default_rng(0)
   n, classes = 64, 4
   labels = np.arange(n) % classes

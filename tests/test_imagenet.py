@@ -350,6 +350,6 @@ def test_main_trains_on_the_fake_imagenet(data_dir, tmp_path):
     timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (workdir / "checkpoints").exists() or any(workdir.rglob("*"))
+  assert (workdir / "checkpoints").is_dir()
   summary = (workdir / "eval_summary.json").read_text()
   assert '"total_steps": 2' in summary and "final_eval" in summary

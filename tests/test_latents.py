@@ -8,41 +8,24 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import ml_dtypes
 import numpy as np
 import pytest
+from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
-from softvq_jax import checkpointing, configlib, data, inference
+from softvq_jax import data, inference
 from softvq_jax.data import latents, preprocess
 from softvq_jax.data.photos import PhotoSource
-from softvq_jax.models.factory import build_tokenizer
 
 ROOT = pathlib.Path(__file__).parents[1]
-S, L, D = 32, 8, 4
 
-
-def _tiny_tokenizer_config():
-  c = configlib.tokenizer_config("B", "quick")
-  c.model.image_size = S
-  for part in (c.model.encoder, c.model.decoder):
-    part.variant, part.patch_size, part.depth, part.width, part.heads = "mu", 8, 1, 32, 2
-  c.model.num_latent_tokens, c.model.codebook_embed_dim = L, D
-  c.quantizer.codebook_size, c.quantizer.num_codebooks = 16, 2
-  return c
+S, L, D = TOKENIZER_SIZE, 8, 4  # tiny_models' tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-  c = _tiny_tokenizer_config()
-  model = build_tokenizer(c.model, c.quantizer)
-  x = np.zeros((1, S, S, 3), np.float32)
-  key = jax.random.PRNGKey(0)
-  params = jax.jit(lambda k: model.init({"params": k, "sample": k}, x)["params"])(key)
-  out = tmp_path_factory.mktemp("tok") / "model"
-  checkpointing.save_model(out, params, c)
-  return out
+  return save_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -103,3 +103,30 @@ def conv_weight(kernel: np.ndarray) -> np.ndarray:
   k = np.asarray(kernel)
   n = k.ndim - 2
   return np.transpose(k, (n + 1, n) + tuple(range(n)))
+
+
+# Layout conversions by kind, as converters' key tables name them: PyTorch -> Flax and back.
+TO_FLAX = {"id": np.asarray, "linear": linear_kernel, "conv": conv_kernel}
+TO_TORCH = {"id": np.asarray, "linear": linear_weight, "conv": conv_weight}
+
+
+def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+  """Nested dict -> {path tuple: leaf}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, (*prefix, k)))
+    else:
+      out[(*prefix, k)] = v
+  return out
+
+
+def nest(flat: Mapping[tuple[str, ...], object]) -> dict:
+  """{path tuple: leaf} -> nested dict (inverse of `flatten`)."""
+  out: dict = {}
+  for path, v in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out

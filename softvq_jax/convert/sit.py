@@ -28,8 +28,6 @@ from softvq_jax.convert import io
 from softvq_jax.models.sit import MODELS, SiT
 
 Path = tuple[str, ...]
-_CONVERT = {"id": np.asarray, "linear": io.linear_kernel, "conv": io.conv_kernel}
-_REVERT = {"id": np.asarray, "linear": io.linear_weight, "conv": io.conv_weight}
 # Model fields stored in (and rebuilt from) a model dir's config.json.
 GENERATOR_FIELDS = (
   "input_size",
@@ -125,26 +123,6 @@ def key_map(model: SiT) -> list[tuple[Path, str, str]]:
   return out
 
 
-def _flat(tree, prefix: Path = ()) -> dict[Path, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, (*prefix, k)))
-    else:
-      out[(*prefix, k)] = v
-  return out
-
-
-def _nest(flat: Mapping[Path, Any]) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    d = out
-    for k in path[:-1]:
-      d = d.setdefault(k, {})
-    d[path[-1]] = v
-  return out
-
-
 def sit_from_reference(
   config: Mapping[str, Any], state_dict: Mapping[str, Any], kind: str | None = None, **model_kw
 ):
@@ -172,9 +150,9 @@ def sit_from_reference(
       )
   bad, flat = [], {}
   for path, key, kind_ in entries:
-    arr = _CONVERT[kind_](np.asarray(sd[key]))
+    arr = io.TO_FLAX[kind_](np.asarray(sd[key]))
     flat[path] = arr
-  abstract = _flat(_abstract_params(model))
+  abstract = io.flatten(_abstract_params(model))
   for path, arr in flat.items():
     if tuple(abstract[path].shape) != arr.shape:
       bad.append(f"{'/'.join(path)}: got {arr.shape}, need {tuple(abstract[path].shape)}")
@@ -182,7 +160,7 @@ def sit_from_reference(
     raise ValueError("shape mismatch between the state dict and the config:\n  " + "\n  ".join(bad))
   params = {p: jnp.asarray(a, dtype=abstract[p].dtype) for p, a in flat.items()}
   logging.info("converted %d reference tensors into %s", len(entries), type(model).__name__)
-  return model, _nest(params)
+  return model, io.nest(params)
 
 
 def _abstract_params(model: SiT):
@@ -198,7 +176,7 @@ def _abstract_params(model: SiT):
 
 def sit_to_reference(params: Mapping[str, Any], model: SiT) -> dict[str, np.ndarray]:
   """Flax params -> reference state dict (PyTorch layout, with the fixed `pos_embed` buffer)."""
-  flat = _flat(params)
+  flat = io.flatten(params)
   entries = key_map(model)
   paths = {p for p, _, _ in entries}
   if set(flat) != paths:
@@ -206,7 +184,7 @@ def sit_to_reference(params: Mapping[str, Any], model: SiT) -> dict[str, np.ndar
       f"params do not match the model: missing {sorted('/'.join(p) for p in paths - set(flat))}, "
       f"unexpected {sorted('/'.join(p) for p in set(flat) - paths)}"
     )
-  out = {key: _REVERT[kind](np.asarray(flat[path])) for path, key, kind in entries}
+  out = {key: io.TO_TORCH[kind](np.asarray(flat[path])) for path, key, kind in entries}
   out["pos_embed"] = model.pos_embed()[None]
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 

@@ -31,8 +31,6 @@ from softvq_jax.models import factory, rope
 from softvq_jax.models.tokenizer import Tokenizer
 
 Path = tuple[str, ...]
-_CONVERT = {"id": np.asarray, "linear": io.linear_kernel, "conv": io.conv_kernel}
-_REVERT = {"id": np.asarray, "linear": io.linear_weight, "conv": io.conv_weight}
 _DROP_PREFIXES = ("repa_model.", "projection.")
 
 
@@ -115,26 +113,6 @@ def key_map(cfg: Mapping[str, Any]) -> list[tuple[Path, str, str]]:
   return out
 
 
-def _flat(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, (*prefix, k)))
-    else:
-      out[(*prefix, k)] = v
-  return out
-
-
-def _nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
-
-
 def _rope_buffers(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The reference's freqs_t_x / freqs_t_y buffers (grid of base_image_size / patch)."""
   out = {}
@@ -160,7 +138,7 @@ def tokenizer_from_reference(
   cfg = reference_to_model_config(config, infer_quantizer_name(config, state_dict))
   ref = flatten_reference_config(config)
   model = factory.build_tokenizer(cfg["model"], cfg["quantizer"])
-  abstract = _flat(factory.abstract_params(model))
+  abstract = io.flatten(factory.abstract_params(model))
   entries = key_map(cfg)
   mapped = {key for _, key, _ in entries}
   if {p for p, _, _ in entries} != set(abstract):  # an internal inconsistency, not user error
@@ -199,7 +177,7 @@ def tokenizer_from_reference(
   flat, bad = {}, []
   for path, key, kind in entries:
     w = np.asarray(state_dict[key])
-    arr = w[None] if kind == "vq" else _CONVERT[kind](w)
+    arr = w[None] if kind == "vq" else io.TO_FLAX[kind](w)
     want = tuple(abstract[path].shape)
     if arr.shape != want:
       bad.append(f"{key} {tuple(w.shape)} -> {'/'.join(path)} needs {want}")
@@ -210,7 +188,7 @@ def tokenizer_from_reference(
       "shape mismatch between the state dict and the config (check vit_overrides / timm names "
       "/ num_latent_tokens / codebook sizes):\n  " + "\n  ".join(bad)
     )
-  return model, _nest(flat)
+  return model, io.nest(flat)
 
 
 def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any]):
@@ -225,7 +203,7 @@ def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any])
   name = infer_quantizer_name(config, probe)
   cfg = reference_to_model_config(config, name)
   ref = flatten_reference_config(config)
-  flat = _flat(params)
+  flat = io.flatten(params)
   entries = key_map(cfg)
   paths = {p for p, _, _ in entries}
   if set(flat) != paths:
@@ -241,7 +219,7 @@ def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any])
         raise ValueError("the reference VectorQuantizer has a single codebook (num_codebooks=1)")
       out[key] = a[0]
     else:
-      out[key] = _REVERT[kind](a)
+      out[key] = io.TO_TORCH[kind](a)
   # Buffers and unused params the reference module has, so strict loading works.
   dec = cfg["model"]["decoder"]
   e_dec, p_dec = factory.resolve_vit(dec, "model.decoder")[1], int(dec["patch_size"])

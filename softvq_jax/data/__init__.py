@@ -107,7 +107,7 @@ def _latent_train_data(data_cfg, global_batch, seed, process_index, process_coun
   if data_cfg.name == "latents":
     return latents.LatentTrainData(latents.LatentSource(data_cfg.get("path", "")), **kw)
   image_cfg, tokenizer = _online_parts(data_cfg)
-  return latents.OnlineLatentTrainData(_sources(image_cfg)[0], tokenizer, **kw)
+  return latents.OnlineLatentTrainData(_sources(image_cfg, process_count)[0], tokenizer, **kw)
 
 
 def _latent_eval_data(data_cfg, batch_size, process_index, process_count):
@@ -120,4 +120,4 @@ def _latent_eval_data(data_cfg, batch_size, process_index, process_count):
     source = latents.LatentSource(data_cfg.get("path", ""))
     return latents.LatentEvalData(source, num=data_cfg.get("eval_examples", 1000), **kw)
   image_cfg, tokenizer = _online_parts(data_cfg)
-  return latents.OnlineLatentEvalData(_sources(image_cfg)[1], tokenizer, **kw)
+  return latents.OnlineLatentEvalData(_sources(image_cfg, process_count)[1], tokenizer, **kw)

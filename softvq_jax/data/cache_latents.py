@@ -109,7 +109,7 @@ def main(argv):
   tokenizer_path = str(pathlib.Path(_TOKENIZER.value).absolute())
   tok = inference.load_tokenizer(tokenizer_path, ema=not _RAW.value, step=_STEP.value)
   cfg = data_config(tok.config)
-  train, held_out = data._sources(cfg)
+  train, held_out = data._sources(cfg, jax.process_count())
   source = train if _SPLIT.value == "train" else held_out
   logging.info(
     "encoding %d %s/%s examples at %dpx on %d local device(s)",

@@ -210,7 +210,7 @@ def make_encode_fn(tokenizer, dtype: str, devices: Sequence[jax.Device] | None =
   np_dt = _np_dtype(dtype)
 
   def apply(params, images):
-    x = images.astype(jax.numpy.float32) / 127.5 - 1.0
+    x = preprocess.float_images({"image": images})["image"]  # uint8 -> [-1, 1]
     z, _ = model.apply({"params": params}, x, method=model.encode)
     return {"z": z.astype(np_dt)}
 
@@ -260,7 +260,7 @@ def _encode_shard(
       if n < batch:  # fixed shape: one compilation
         both = np.concatenate([both, np.zeros((2 * (batch - n),) + both.shape[1:], np.uint8)])
       z = np.asarray(encode_fn(both))[: 2 * n]
-      z = np.stack([z[:n], z[n:]], axis=1).astype(np_dt)[ok]  # (n_ok, 2, L, D)
+      z = np.stack([z[:n], z[n:]], axis=1)[ok]  # (n_ok, 2, L, D), already np_dt
       for rec in encode_records(z, labels[ok]):
         writer.write(rec)
       z64 = z.astype(np.float64)

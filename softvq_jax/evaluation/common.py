@@ -191,21 +191,6 @@ def write_json(path: str | os.PathLike, data: Mapping) -> pathlib.Path:
   return path
 
 
-def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
-  """np.savez to a temporary file in the same folder, then rename (no torn state files)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
-
-
 def device_description() -> str:
   d = jax.devices()
   return f"{len(d)} x {d[0].device_kind} ({d[0].platform}), {jax.process_count()} process(es)"

@@ -27,6 +27,21 @@ from softvq_jax.evaluation import metrics
 MESH_AXIS = "batch"
 
 
+def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
+  """np.savez to a temporary file in the same folder, then rename (no torn state files)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
+
+
 class FeatureAccumulator:
   """Running mean/covariance (float64, on host) of some features and storage of others.
 
@@ -182,17 +197,8 @@ class FeatureAccumulator:
         self._rows[k] = [rows] if len(rows) else []
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the state atomically to an .npz (temporary file in the same folder, then rename)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-      with os.fdopen(fd, "wb") as f:
-        np.savez(f, **self.state_dict())
-      os.replace(tmp, path)
-    except BaseException:
-      pathlib.Path(tmp).unlink(missing_ok=True)
-      raise
+    """Writes the state atomically to an .npz (see save_npz_atomic)."""
+    save_npz_atomic(path, self.state_dict())
 
   def load(self, path: str | os.PathLike) -> None:
     with np.load(path, allow_pickle=False) as data:

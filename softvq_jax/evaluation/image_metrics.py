@@ -16,9 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def to_uint8(x) -> np.ndarray:
-  """[-1, 1] -> uint8 as the reference evaluation: clamp(127.5 x + 128, 0, 255), truncated."""
-  return np.clip(127.5 * np.asarray(x, np.float32) + 128.0, 0, 255).astype(np.uint8)
+def to_uint8(x, xp=np):
+  """[-1, 1] -> uint8 as the reference evaluation: clamp(127.5 x + 128, 0, 255), truncated.
+
+  xp=jax.numpy inside jit (same formula, so host and device results agree).
+  """
+  return xp.clip(127.5 * xp.asarray(x, xp.float32) + 128.0, 0, 255).astype(xp.uint8)
 
 
 @jax.jit

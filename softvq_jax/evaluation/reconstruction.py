@@ -27,11 +27,6 @@ RoundTrip = Callable[[Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]
 SUM_KEYS = ("psnr", "ssim", "lpips", "mse")
 
 
-def to_uint8_jax(x: jax.Array) -> jax.Array:
-  """[-1, 1] -> uint8 as `image_metrics.to_uint8` (clamp(127.5 x + 128, 0, 255), truncated)."""
-  return jnp.clip(127.5 * x.astype(jnp.float32) + 128.0, 0, 255).astype(jnp.uint8)
-
-
 def tokenizer_round_trip(tokenizer) -> RoundTrip:
   """encode -> decode of an `inference.Tokenizer` (its module; params are passed separately)."""
   model = tokenizer.model
@@ -60,7 +55,7 @@ def make_reconstruct_fn(
 
   def apply(p, x):
     rec, info = round_trip(p["model"], x)
-    orig_u8, rec_u8 = to_uint8_jax(x), to_uint8_jax(rec)
+    orig_u8, rec_u8 = image_metrics.to_uint8(x, jnp), image_metrics.to_uint8(rec, jnp)
     out = {
       "original": orig_u8,
       "reconstruction": rec_u8,
@@ -128,7 +123,7 @@ class ReconstructionState:
       self.counts = np.asarray(sd["counts"], np.int64)
 
   def save(self, path: str | os.PathLike) -> None:
-    common.save_npz_atomic(path, self.state_dict())
+    features.save_npz_atomic(path, self.state_dict())
 
   def load(self, path: str | os.PathLike) -> None:
     with np.load(path, allow_pickle=False) as data:
@@ -269,15 +264,9 @@ def lpips_components(vgg_path: str | None, lin_path: str | None):
     return None, None
   if not lin_path:
     raise ValueError("LPIPS needs --lpips_lin (the LPIPS heads) besides --lpips_vgg")
-  try:
-    from softvq_jax.convert.lpips import load_lpips_params
-    from softvq_jax.losses.perceptual import lpips
-  except ImportError as e:
-    raise ImportError(
-      "LPIPS evaluation needs softvq_jax.losses.perceptual.lpips and "
-      "softvq_jax.convert.lpips.load_lpips_params, which this checkout lacks; drop "
-      f"--lpips_vgg/--lpips_lin or update the code ({e})"
-    ) from e
+  from softvq_jax.convert.lpips import load_lpips_params
+  from softvq_jax.losses.perceptual import lpips
+
   return lpips, load_lpips_params(vgg_path, lin_path)
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from softvq_jax.models.discriminators.spectral_norm import (
   torch_default_bias_init,
   torch_default_kernel_init,
 )
+from softvq_jax.models.frozen.dino import area_matrix
 
 Dtype = Any
 ALIGN_MODES = ("repeat", "global", "avg_1d", "avg_1d_shuffle")
@@ -68,15 +68,6 @@ def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(n, eps)
 
 
-def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of torch adaptive_avg_pool1d."""
-  w = np.zeros((n_out, n_in), np.float32)
-  for i in range(n_out):
-    s, e = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-    w[i, s:e] = 1.0 / (e - s)
-  return w
-
-
 def alignment_loss(
   z_proj: jax.Array, teacher: jax.Array, mode: str = "repeat", key: jax.Array | None = None
 ) -> jax.Array:
@@ -112,7 +103,7 @@ def alignment_loss(
       if key is None:
         raise ValueError("alignment mode 'avg_1d_shuffle' needs a PRNG key")
       t = t[:, jax.random.permutation(key, n)]
-    pool = jnp.asarray(adaptive_pool_matrix(n, nl))
+    pool = jnp.asarray(area_matrix(n, nl), jnp.float32)  # torch adaptive_avg_pool1d
     t = jnp.einsum("ln,bnc->blc", pool, t, precision=jax.lax.Precision.HIGHEST)
   cos = jnp.sum(_normalize(z) * _normalize(t), axis=-1)  # (B, L or N)
   return -jnp.mean(cos)

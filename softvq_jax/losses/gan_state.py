@@ -27,9 +27,8 @@ def build(disc_cfg, dtype=jnp.float32):
     )
   if name == "dino":
     from softvq_jax.models.frozen import dino
-    from softvq_jax.training.frozen_nets import DINO_TRUNKS
 
-    depth, width, heads = DINO_TRUNKS[disc_cfg.get("dino_variant", "S")]
+    depth, width, heads = dino.TRUNK_VARIANTS[disc_cfg.get("dino_variant", "S")]
     trunk = dino.trunk_fn(dtype=dtype, depth=depth, width=width, num_heads=heads)
     return discriminators.build_discriminator("dino", trunk_fn=trunk)
   return discriminators.build_discriminator(name)

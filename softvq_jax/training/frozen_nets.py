@@ -19,12 +19,7 @@ import jax
 from absl import logging
 
 from softvq_jax.convert import io
-from softvq_jax.models.frozen import vit_weights
-
-# loss.disc.dino_variant -> (depth, width, heads) of the DINO trunk. "S" is the published ViT-S/16;
-# "tiny" (random weights only) keeps the graph (224 px input, taps after blocks 2/5/8/11) at a
-# fraction of the cost, for tests and CPU smoke runs.
-DINO_TRUNKS = {"S": (12, 384, 6), "tiny": (12, 32, 2)}
+from softvq_jax.models.frozen import dino, vit_weights
 
 # name -> (config key(s) of its weight file(s), what the file is)
 _FILES = {
@@ -65,8 +60,8 @@ def check_files(config) -> None:
   full LPIPS state dict holding the VGG trunk too.
   """
   variant = config.loss.disc.get("dino_variant", "S")
-  if variant not in DINO_TRUNKS:
-    raise ValueError(f"loss.disc.dino_variant={variant!r}; known: {sorted(DINO_TRUNKS)}")
+  if variant not in dino.TRUNK_VARIANTS:
+    raise ValueError(f"loss.disc.dino_variant={variant!r}; known: {sorted(dino.TRUNK_VARIANTS)}")
   if config.loss.get("random_init", False):
     return
   if "dino" in needed(config) and variant != "S":
@@ -99,14 +94,12 @@ def load(config) -> dict[str, Any]:
         loss.lpips_vgg_path, loss.lpips_lin_path, random_init=random, key=k
       )
     elif name == "dino":
-      from softvq_jax.models.frozen import dino
-
       variant = loss.disc.get("dino_variant", "S")
       if variant == "S":
         out[name] = dino.load_dino_params(loss.disc.dino_path, random_init=rnd, key=k)
       else:
         logging.warning("DINO discriminator trunk: %r variant with RANDOM weights", variant)
-        out[name] = vit_weights.random_like(dino.abstract_params(*DINO_TRUNKS[variant]), k)
+        out[name] = vit_weights.random_like(dino.abstract_params(*dino.TRUNK_VARIANTS[variant]), k)
     elif name == "teacher":
       from softvq_jax.models.frozen.dinov2 import load_teacher_params
 

@@ -190,7 +190,7 @@ class GeneratorTask(loop.Task):
     loss = transport.training_loss(
       model_fn,
       x,
-      jax.random.fold_in(k_t, 0),
+      k_t,
       path=tr.path,
       prediction=tr.prediction,
       time_sampling=tr.time_sampling,
@@ -232,26 +232,22 @@ class GeneratorTask(loop.Task):
 
   def evaluate(self, state, eval_data, step):
     """Mean loss of the EMA and raw params on (up to eval.num_batches) eval batches, fixed keys."""
-    out = {}
-    for prefix, params in (("ema", state.ema_params), ("raw", state.params)):
-      total, count = 0.0, 0.0
-      for i, batch in enumerate(eval_data.iterator()):
-        if i >= self.config.eval.num_batches:
-          break
-        b = sharding.global_batch(_pad_batch(batch, jax.local_device_count()), self.mesh)
-        s, n = self._eval_fn(params, b, jax.random.fold_in(jax.random.key(1234), i))
-        total, count = total + float(s), count + float(n)
-      out[f"eval/{prefix}_loss"] = total / max(count, 1.0)
-    return out
+    runs = {"ema": state.ema_params, "raw": state.params}
+    sums = {prefix: [0.0, 0.0] for prefix in runs}  # (loss total, count)
+    for i, batch in enumerate(eval_data.iterator()):  # each batch read and placed once
+      if i >= self.config.eval.num_batches:
+        break
+      b = sharding.global_batch(_pad_batch(batch, jax.local_device_count()), self.mesh)
+      key = jax.random.fold_in(jax.random.key(1234), i)
+      for prefix, params in runs.items():
+        s, n = self._eval_fn(params, b, key)
+        sums[prefix][0] += float(s)
+        sums[prefix][1] += float(n)
+    return {f"eval/{p}_loss": t / max(c, 1.0) for p, (t, c) in sums.items()}
 
-  def images(self, state, eval_data, step):
-    """A grid of EMA samples for the first eval labels, decoded by the tokenizer."""
-    if self._tokenizer is None:
-      return {}
-    n = self.config.eval.num_images_grid
-    first = next(iter(eval_data.iterator()))
-    labels = np.asarray(first["label"])[np.asarray(first["mask"], bool)]
-    labels = np.resize(labels, n).astype(np.int32) if len(labels) else np.zeros(n, np.int32)
+  @functools.cached_property
+  def _grid_fn(self):
+    """The jitted sampler + decoder for the preview grids (compiled once per run)."""
     m = self.config.model
     fn = generate_lib.make_sample_fn(
       self.model,
@@ -261,12 +257,22 @@ class GeneratorTask(loop.Task):
       m.vq_std,
       self._tokenizer.model,
     )
+    return jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
+
+  def images(self, state, eval_data, step):
+    """A grid of EMA samples for the first eval labels, decoded by the tokenizer."""
+    if self._tokenizer is None:
+      return {}
+    n = self.config.eval.num_images_grid
+    first = next(iter(eval_data.iterator()))
+    labels = np.asarray(first["label"])[np.asarray(first["mask"], bool)]
+    labels = np.resize(labels, n).astype(np.int32) if len(labels) else np.zeros(n, np.int32)
     rep = sharding.replicated(self.mesh)
     if self._tok_params is None:
       self._tok_params = jax.device_put(self._tokenizer.params, rep)
     keys = generate_lib.sample_keys(self.config.seed, np.arange(n))
     labels, keys = jax.device_put((jnp.asarray(labels), keys), rep)
-    images = jax.jit(fn, out_shardings=rep)(state.ema_params, self._tok_params, labels, keys)
+    images = self._grid_fn(state.ema_params, self._tok_params, labels, keys)
     return {"samples": image_utils.make_grid(np.asarray(images), ncols=min(8, n))}
 
 

@@ -88,8 +88,8 @@ class TokenizerTask(loop.Task):
     if self.use_align:
       width = dinov2.teacher_variant(loss.align.teacher_variant)[1]
       self.projector = alignment.AlignProjector(hidden=loss.align.proj_dim, out_dim=width)
-    frozen_nets.check_files(config)
-    # Loaded here, on the host and outside any trace (init_state is traced by eval_shape/jit).
+    # Files were checked by configlib.validate. Loaded on the host, outside any trace
+    # (init_state is traced by eval_shape/jit).
     self._frozen = frozen_nets.load(config)
 
   def frozen_params(self):

@@ -33,3 +33,14 @@ def parse(own: flags.FlagValues, argv: Sequence[str]) -> list[str]:
   """Parses a full command line (program name first) into `own`, e.g. to call main() in tests."""
   own.unparse_flags()
   return own(list(argv))
+
+
+def hide_accelerators_from_tf() -> None:
+  """tf.data runs on CPU only: keep TensorFlow away from GPU/TPU memory."""
+  try:
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (ImportError, RuntimeError, ValueError):
+    pass

@@ -38,6 +38,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # (depth, width, heads) of DINO ViT-S/16.
 DEPTH, WIDTH, HEADS = 12, 384, 6
+# loss.disc.dino_variant -> (depth, width, heads). "S" is the published ViT-S/16; "tiny" (random
+# weights only) keeps the graph (224 px, taps after blocks 2/5/8/11) at a fraction of the cost.
+TRUNK_VARIANTS = {"S": (DEPTH, WIDTH, HEADS), "tiny": (DEPTH, 32, 2)}
 
 
 # ----------------------------------------------------------------------------- input processing
