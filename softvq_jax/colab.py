@@ -27,16 +27,9 @@ def load_tokenizer(path: str | os.PathLike, *, ema: bool = True) -> inference.To
   path = pathlib.Path(path)
   released = path / "model.safetensors"
   if released.is_file() and (path / "config.json").is_file() and not (path / "params").exists():
-    import json
+    from softvq_jax.convert.tokenizer import load_reference_tokenizer
 
-    from softvq_jax.convert import io as wio
-    from softvq_jax.convert.reference_config import reference_to_model_config
-    from softvq_jax.convert.tokenizer import infer_quantizer_name, tokenizer_from_reference
-
-    ref_config = json.loads((path / "config.json").read_text())
-    sd = wio.load_state_dict(released, "released SoftVQ tokenizer weights")
-    model, params = tokenizer_from_reference(ref_config, sd)
-    config = reference_to_model_config(ref_config, infer_quantizer_name(ref_config, sd))
+    model, params, config = load_reference_tokenizer(path / "config.json", released)
     return inference.Tokenizer(model, params, config)
   return inference.load_tokenizer(path, ema=ema)
 

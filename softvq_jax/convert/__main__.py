@@ -21,16 +21,9 @@ from absl import logging
 def main_tokenizer(args: argparse.Namespace) -> pathlib.Path:
   """Reference config.json + weights -> an exported model dir (params + config.json)."""
   from softvq_jax import checkpointing
-  from softvq_jax.convert import io
-  from softvq_jax.convert.reference_config import reference_to_model_config
-  from softvq_jax.convert.tokenizer import infer_quantizer_name, tokenizer_from_reference
+  from softvq_jax.convert.tokenizer import load_reference_tokenizer
 
-  cfg_path = io.require_file(args.config, "reference tokenizer config", "--config")
-  ref_config = json.loads(cfg_path.read_text())
-  state_dict = io.load_state_dict(args.weights, "reference tokenizer weights", "--weights")
-  _, params = tokenizer_from_reference(ref_config, state_dict)
-  config = reference_to_model_config(ref_config, infer_quantizer_name(ref_config, state_dict))
-  config["reference_config"] = ref_config
+  _, params, config = load_reference_tokenizer(args.config, args.weights)
   out = checkpointing.save_model(args.out, params, config, overwrite=args.overwrite)
   print(f"wrote {out}")
   return out

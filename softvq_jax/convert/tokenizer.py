@@ -234,3 +234,22 @@ def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any])
   if cfg["model"]["use_rope"]:
     out.update(_rope_buffers(cfg, ref))
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def load_reference_tokenizer(config_path, weights_path) -> tuple[Tokenizer, dict, dict]:
+  """A released tokenizer (HF config.json + weights file) -> (model, params, model config).
+
+  The model config is what an exported model dir stores, with the reference config under
+  "reference_config".
+  """
+  import json
+
+  from softvq_jax.convert.reference_config import reference_to_model_config
+
+  cfg_path = io.require_file(config_path, "reference tokenizer config", "--config")
+  ref_config = json.loads(cfg_path.read_text())
+  state_dict = io.load_state_dict(weights_path, "reference tokenizer weights", "--weights")
+  model, params = tokenizer_from_reference(ref_config, state_dict)
+  config = reference_to_model_config(ref_config, infer_quantizer_name(ref_config, state_dict))
+  config["reference_config"] = ref_config
+  return model, params, config

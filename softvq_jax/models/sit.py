@@ -331,3 +331,20 @@ def build_generator(
     num_heads=heads,
     **kw,
   )
+
+
+def generator_from_train_config(m, **kw):
+  """The SiT/DiT module of a training config's `model` section (a Mapping or ConfigDict) with the
+  resolved `num_tokens` and `dim`; `kw` (dtype, remat, attn_impl, ...) go to the module."""
+  return build_generator(
+    m["name"],
+    m["variant"],
+    input_size=int(m["num_tokens"]),
+    in_channels=int(m["dim"]),
+    patch_size=int(m.get("patch_size", 1)),
+    num_classes=int(m["num_classes"]),
+    class_dropout_prob=float(m["class_dropout_prob"]),
+    learn_sigma=m["name"] == "dit",
+    qk_norm=bool(m.get("qk_norm", False)),
+    **kw,
+  )

@@ -238,23 +238,12 @@ def parse_classes(spec: str, num_classes: int = 1000) -> np.ndarray:
 def _generator_model(config: dict, **model_kw) -> SiT:
   """The generator module from a converted model dir's or a training checkpoint's config."""
   from softvq_jax.convert.sit import generator_from_config
-  from softvq_jax.models.sit import build_generator
+  from softvq_jax.models.sit import generator_from_train_config
 
   m = config["model"]
   if "kind" in m:  # converted / exported model dir
     return generator_from_config(m, **model_kw)
-  return build_generator(
-    m["name"],
-    m["variant"],
-    input_size=int(m["num_tokens"]),
-    in_channels=int(m["dim"]),
-    patch_size=int(m.get("patch_size", 1)),
-    num_classes=int(m["num_classes"]),
-    class_dropout_prob=float(m["class_dropout_prob"]),
-    learn_sigma=m["name"] == "dit",
-    qk_norm=bool(m.get("qk_norm", False)),
-    **model_kw,
-  )
+  return generator_from_train_config(m, **model_kw)
 
 
 def load_generator(

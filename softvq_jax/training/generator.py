@@ -19,7 +19,7 @@ import optax
 from absl import logging
 
 from softvq_jax import sharding
-from softvq_jax.models.sit import build_generator
+from softvq_jax.models.sit import generator_from_train_config
 from softvq_jax.sampling import diffusion as diffusion_lib
 from softvq_jax.sampling import generate as generate_lib
 from softvq_jax.sampling import transport
@@ -84,16 +84,8 @@ def resolve_latents(config) -> dict:
 def build_model(config, num_tokens: int, dim: int):
   """The SiT/DiT module of a generator config (sizes from the variant table)."""
   m = config.model
-  return build_generator(
-    m.name,
-    m.variant,
-    input_size=num_tokens,
-    in_channels=dim,
-    patch_size=m.get("patch_size", 1),
-    num_classes=m.num_classes,
-    class_dropout_prob=m.class_dropout_prob,
-    learn_sigma=m.name == "dit",
-    qk_norm=m.get("qk_norm", False),
+  return generator_from_train_config(
+    {**m.to_dict(), "num_tokens": num_tokens, "dim": dim},
     remat=m.get("remat", False),
     attn_impl=m.get("attn_impl", "") or None,
     dtype=_DTYPES[m.get("dtype", "float32")],
