@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # softvq_jax from the checkout
-from softvq_jax import configlib  # noqa: E402
+from softvq_jax.config import defaults  # noqa: E402
 from softvq_jax.models.factory import build_tokenizer  # noqa: E402
 
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny models and 4 steps: a CPU smoke run in seconds.")
@@ -70,11 +70,11 @@ def _sit(input_size, in_channels, patch_size, dtype):
 
 def _tokenizer(dtype_name):
   if _TINY.value:
-    c = configlib.tokenizer_config("B", "quick")
+    c = defaults.tokenizer_config("B", "quick")
     for part in (c.model.encoder, c.model.decoder):
       part.depth, part.width, part.heads = 1, 64, 2
   else:
-    c = configlib.tokenizer_config(_TOKENIZER.value, f"tokens={_TOKENS.value}")
+    c = defaults.tokenizer_config(_TOKENIZER.value, f"tokens={_TOKENS.value}")
   c.model.dtype = dtype_name
   c.model.encoder_init = ""
   model = build_tokenizer(c.model, c.quantizer)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from softvq_jax.convert.lpips import random_lpips_params
-from softvq_jax.losses.perceptual import lpips_loss
+from softvq_jax.objectives.perceptual import lpips_loss
+from softvq_jax.weights.lpips import random_lpips_params
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
 _SIZE = flags.DEFINE_integer("size", 256, "Image side.")

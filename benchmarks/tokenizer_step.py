@@ -14,7 +14,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from softvq_jax import configlib, sharding
+from softvq_jax import sharding
+from softvq_jax.config.validate import validate
 from softvq_jax.training.tokenizer import TokenizerTask
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tokenizer_b.py:quick", "Config.")
@@ -27,7 +28,7 @@ def main(argv):
   config = _CONFIG.value
   # Until the perceptual/GAN/alignment terms are wired in, time the reconstruction objective.
   config.loss.perceptual_weight = config.loss.disc.weight = config.loss.align.weight = 0.0
-  configlib.validate(config)
+  validate(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   sharding.check_batch_size(config.batch_size, mesh)
   task = TokenizerTask(config, mesh, total_steps=1000, warmup_steps=10)

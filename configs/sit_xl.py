@@ -10,7 +10,7 @@ The latents come from a cache (python -m softvq_jax.data.cache_latents):
       --config.data.path=caches/photos
 """
 
-from softvq_jax.configlib import generator_config
+from softvq_jax.config.defaults import generator_config
 
 
 def get_config(arg=None):

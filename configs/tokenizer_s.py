@@ -7,7 +7,7 @@ model on the bundled photos that trains on CPU in minutes). Examples:
   python -m softvq_jax.main --config=configs/tokenizer_s.py:quick --workdir=runs/quick
 """
 
-from softvq_jax.configlib import tokenizer_config
+from softvq_jax.config.defaults import tokenizer_config
 
 
 def get_config(arg=None):

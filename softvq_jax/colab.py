@@ -17,21 +17,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from softvq_jax import inference
 from softvq_jax.data import preprocess
 from softvq_jax.utils import images as image_utils
+from softvq_jax.weights import pretrained
 
 
-def load_tokenizer(path: str | os.PathLike, *, ema: bool = True) -> inference.Tokenizer:
+def load_tokenizer(path: str | os.PathLike, *, ema: bool = True) -> pretrained.PretrainedTokenizer:
   """A tokenizer from a released HF folder, an exported model dir, or a training workdir."""
   path = pathlib.Path(path)
   released = path / "model.safetensors"
   if released.is_file() and (path / "config.json").is_file() and not (path / "params").exists():
-    from softvq_jax.convert.tokenizer import load_reference_tokenizer
+    from softvq_jax.weights.tokenizer import load_reference_tokenizer
 
     model, params, config = load_reference_tokenizer(path / "config.json", released)
-    return inference.Tokenizer(model, params, config)
-  return inference.load_tokenizer(path, ema=ema)
+    return pretrained.PretrainedTokenizer(model, params, config)
+  return pretrained.load_tokenizer(path, ema=ema)
 
 
 def _to_pil(item: Any) -> Image.Image:
@@ -54,7 +54,7 @@ def prepare_images(items: Iterable[Any], image_size: int) -> np.ndarray:
 
 def bundled_photos(split: str = "eval") -> list[Image.Image]:
   """The photos that ship with scikit-image/scikit-learn (offline): 'train' (9) or 'eval' (2)."""
-  from softvq_jax.data.photos import PhotoSource
+  from softvq_jax.data.sources.photos import PhotoSource
 
   src = PhotoSource(split)
   return [src.load(i)[0] for i in range(len(src))]
@@ -70,7 +70,7 @@ def upload_images() -> list[Image.Image]:
 
 
 def reconstruct(
-  tokenizer: inference.Tokenizer, images: np.ndarray, batch_size: int = 8
+  tokenizer: pretrained.PretrainedTokenizer, images: np.ndarray, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
   """float [-1, 1] images -> (originals, reconstructions) as uint8 (N, S, S, 3)."""
   from softvq_jax.evaluation import image_metrics
@@ -104,7 +104,7 @@ def comparison(originals: np.ndarray, reconstructions: np.ndarray, ncols: int = 
 
 
 def rfid(
-  tokenizer: inference.Tokenizer | str | os.PathLike,
+  tokenizer: pretrained.PretrainedTokenizer | str | os.PathLike,
   out_dir: str | os.PathLike,
   *,
   data: str = "photos",

@@ -38,9 +38,10 @@ def main(argv):
   # Imports after flag parsing keep `--help` fast.
   import jax
 
-  from softvq_jax import configlib, training
+  from softvq_jax.config.validate import validate
+  from softvq_jax.training import registry
 
-  configlib.validate(config)  # before anything compiles
+  validate(config)  # before anything compiles
   cli.hide_accelerators_from_tf()
   if _needs_distributed_init():
     jax.distributed.initialize()
@@ -57,7 +58,7 @@ def main(argv):
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-  training.run(config, str(workdir))
+  registry.run(config, str(workdir))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def _random_image(rng: np.random.Generator, size: int, label: int) -> Image.Imag
 
 def _photo_image(rng: np.random.Generator, size: int, label: int) -> Image.Image:
   """A random crop of a bundled photo, resized to ImageNet-like dimensions (short side ~size)."""
-  from softvq_jax.data.photos import TRAIN_NAMES, _load
+  from softvq_jax.data.sources.photos import TRAIN_NAMES, _load
 
   photo = Image.fromarray(_load(TRAIN_NAMES[int(rng.integers(len(TRAIN_NAMES)))])).convert("RGB")
   w, h = photo.size

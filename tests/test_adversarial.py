@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.configlib import ConfigDict
-from softvq_jax.losses import adversarial as adv
-from softvq_jax.losses.diffaug import diff_augment
+from softvq_jax.config.defaults import ConfigDict
 from softvq_jax.models.discriminators import (
   PatchGANDiscriminator,
   init_discriminator,
   make_disc_apply,
 )
+from softvq_jax.objectives import adversarial as adv
+from softvq_jax.objectives.diffaug import diff_augment
 
 REAL = np.array([[-2.0, -0.5, 0.0], [0.3, 1.0, 2.5]], np.float32)
 FAKE = np.array([[-1.5, -1.0, 0.2], [0.9, -0.1, 3.0]], np.float32)

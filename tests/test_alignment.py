@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from softvq_jax.convert import io, resample
-from softvq_jax.losses import alignment
 from softvq_jax.models.frozen import dinov2
+from softvq_jax.models.projector import AlignProjector
+from softvq_jax.objectives import alignment
+from softvq_jax.weights import dinov2 as dinov2_weights
+from softvq_jax.weights import io, resample
 
 E, DEPTH, HEADS = 128, 2, 2  # the "tiny" test variant (64-dim heads as every DINOv2)
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -91,7 +93,7 @@ def test_teacher_roundtrip_and_forward_matches_numpy(tmp_path, n_reg, variant):
   sd = timm_state_dict(grid=2, patch=16, n_reg=n_reg, swiglu=variant == "tiny_g")
   path = tmp_path / "model.safetensors"
   io.save_safetensors({**sd, "mask_token": np.zeros((1, E), np.float32)}, path)
-  p = dinov2.load_teacher_params(path, variant=variant, image_size=32)
+  p = dinov2_weights.load_teacher_params(path, variant=variant, image_size=32)
   np.testing.assert_array_equal(p["pos_embed"], sd["pos_embed"])
   np.testing.assert_array_equal(p["blocks_1"]["ls2"]["gamma"], sd["blocks.1.ls2.gamma"])
   np.testing.assert_array_equal(
@@ -107,7 +109,7 @@ def test_teacher_roundtrip_and_forward_matches_numpy(tmp_path, n_reg, variant):
 
 def test_teacher_resamples_patch_and_grid_like_timm():
   sd = timm_state_dict(grid=4, patch=14)
-  p = dinov2.params_from_state_dict(sd, variant="tiny", image_size=48, patch_size=16)
+  p = dinov2_weights.params_from_state_dict(sd, variant="tiny", image_size=48, patch_size=16)
   k = resample.resample_patch_kernel(io.conv_kernel(sd["patch_embed.proj.weight"]), (16, 16))
   np.testing.assert_allclose(p["patch_embed"]["proj"]["kernel"], k, rtol=1e-6)
   pos = resample.resample_pos_embed(sd["pos_embed"], (3, 3), num_prefix_tokens=1)
@@ -123,14 +125,14 @@ def test_teacher_full_size_shapes_and_errors(tmp_path):
   out = jax.eval_shape(dinov2.teacher_features, shapes, jnp.zeros((2, 256, 256, 3)))
   assert out.shape == (2, 256, 1024)
   with pytest.raises(io.WeightFileError, match="loss.align.teacher_path"):
-    dinov2.load_teacher_params(tmp_path / "nope.safetensors")
+    dinov2_weights.load_teacher_params(tmp_path / "nope.safetensors")
   sd = timm_state_dict(grid=2, patch=16)
   with pytest.raises(ValueError, match="teacher_variant='B' needs width 768"):
-    dinov2.params_from_state_dict(sd, variant="B", image_size=32)
+    dinov2_weights.params_from_state_dict(sd, variant="B", image_size=32)
   del sd["blocks.1.ls1.gamma"]
   with pytest.raises(KeyError, match="blocks.1.ls1.gamma"):
-    dinov2.params_from_state_dict(sd, variant="tiny", image_size=32)
-  p = dinov2.load_teacher_params(None, variant="tiny", image_size=32, random_init=True)
+    dinov2_weights.params_from_state_dict(sd, variant="tiny", image_size=32)
+  p = dinov2_weights.load_teacher_params(None, variant="tiny", image_size=32, random_init=True)
   with pytest.raises(ValueError, match="loaded for 32px"):
     dinov2.teacher_features(p, jnp.zeros((1, 64, 64, 3)))
 
@@ -143,7 +145,7 @@ def np_cos_loss(z, t):
 
 
 def test_projector_matches_numpy():
-  proj = alignment.AlignProjector(hidden=16, out_dim=8)
+  proj = AlignProjector(hidden=16, out_dim=8)
   z = np.random.RandomState(0).randn(2, 4, 6).astype(np.float32)
   v = proj.init(jax.random.key(0), z)["params"]
   silu = lambda a: a / (1 + np.exp(-a))

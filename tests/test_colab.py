@@ -7,11 +7,12 @@ from PIL import Image
 from tiny_models import TOKENIZER_SIZE as S
 from tiny_models import save_tiny_tokenizer
 
-from softvq_jax import checkpointing, colab, inference
-from softvq_jax.convert import io as wio
+from softvq_jax import checkpointing, colab
 from softvq_jax.convert import tokenizer_to_reference
-from softvq_jax.convert.reference_config import model_to_reference_config
 from softvq_jax.evaluation import image_metrics
+from softvq_jax.weights import io as wio
+from softvq_jax.weights import pretrained
+from softvq_jax.weights.reference_config import model_to_reference_config
 
 
 def test_released_folder_loads_like_the_model_dir(tmp_path):
@@ -23,7 +24,7 @@ def test_released_folder_loads_like_the_model_dir(tmp_path):
   wio.save_safetensors(tokenizer_to_reference(params, ref_config), released / "model.safetensors")
   (released / "config.json").write_text(json.dumps(ref_config))
 
-  a, b = colab.load_tokenizer(released), inference.load_tokenizer(model_dir)
+  a, b = colab.load_tokenizer(released), pretrained.load_tokenizer(model_dir)
   photos = colab.bundled_photos("eval")
   x = colab.prepare_images([photos[0], np.asarray(photos[1]), photos[0].convert("L")], S)
   assert x.shape == (3, S, S, 3) and x.dtype == np.float32 and -1 <= x.min() < x.max() <= 1

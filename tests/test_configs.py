@@ -5,7 +5,8 @@ import pathlib
 
 import pytest
 
-from softvq_jax import configlib
+from softvq_jax.config.validate import ConfigError, validate
+from softvq_jax.training import optim
 
 CONFIG_DIR = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -31,12 +32,12 @@ def test_every_config_builds_and_validates(name, enc, dec, arg):
   c = load_config(name, arg)
   if arg != "quick":
     # The full recipes need the LPIPS / DINO / DINOv2 files (named when missing).
-    from softvq_jax.convert.io import WeightFileError
+    from softvq_jax.weights.io import WeightFileError
 
     with pytest.raises(WeightFileError, match="loss.lpips_lin_path"):
-      configlib.validate(c)
+      validate(c)
     c.loss.random_init = True
-  configlib.validate(c)
+  validate(c)
   if arg != "quick":
     assert (c.model.encoder.variant, c.model.decoder.variant) == (enc, dec)
     # Latent size is 2048 floats per image for 32 and 64 tokens (SPEC §1.3).
@@ -120,31 +121,31 @@ def test_bad_arguments(arg, msg):
 def test_validation_names_the_bad_key(mutate, msg):
   c = load_config("tokenizer_b", "quick")
   mutate(c)
-  with pytest.raises(configlib.ConfigError, match=msg):
-    configlib.validate(c)
+  with pytest.raises(ConfigError, match=msg):
+    validate(c)
 
 
 def test_folder_dataset_needs_a_path():
   c = load_config("tokenizer_b", "quick")
   c.data.name = "folder"
-  with pytest.raises(configlib.ConfigError, match="data.path"):
-    configlib.validate(c)
+  with pytest.raises(ConfigError, match="data.path"):
+    validate(c)
 
 
 def test_steps_from_epochs_and_lr_scaling():
   c = load_config("tokenizer_b")
-  total, warmup = configlib.steps_from(c, num_examples=1_281_167)
+  total, warmup = optim.steps_from(c, num_examples=1_281_167)
   assert total == -(-50 * 1_281_167 // 256) and warmup == -(-1_281_167 // 256)
   with pytest.raises(ValueError, match="dataset size"):
-    configlib.steps_from(c, None)
+    optim.steps_from(c, None)
   c.batch_size = 1024
-  assert configlib.learning_rate(c) == pytest.approx(4e-4)
+  assert optim.learning_rate(c) == pytest.approx(4e-4)
 
 
 def test_missing_weight_file_names_the_file_and_key(tmp_path):
-  from softvq_jax.convert.io import WeightFileError
+  from softvq_jax.weights.io import WeightFileError
 
   c = load_config("tokenizer_b", "quick")
   c.model.encoder_init = str(tmp_path / "dinov2_vitb14.safetensors")
   with pytest.raises(WeightFileError, match=r"dinov2_vitb14.safetensors.*model.encoder_init"):
-    configlib.validate(c)
+    validate(c)

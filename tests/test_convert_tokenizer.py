@@ -8,15 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from softvq_jax.convert import io as cio
 from softvq_jax.convert import (
   model_to_reference_config,
   reference_to_model_config,
   tokenizer_from_reference,
   tokenizer_to_reference,
 )
-from softvq_jax.convert.tokenizer import infer_quantizer_name
 from softvq_jax.models.factory import abstract_params, build_tokenizer, resolve_vit
+from softvq_jax.weights import io as cio
+from softvq_jax.weights.tokenizer import infer_quantizer_name
 
 FIXTURES_DIR = pathlib.Path(__file__).parent / "fixtures"
 UNUSED = (
@@ -51,7 +51,7 @@ def test_round_trip_is_exact(name):
 
 def test_cli_both_directions(tmp_path):
   from softvq_jax import checkpointing
-  from softvq_jax.convert.__main__ import main
+  from softvq_jax.cli.convert import main
 
   config, sd = load("softvq_small_rope")
   weights, cfg_file = tmp_path / "ref" / "model.safetensors", tmp_path / "ref" / "config.json"
@@ -75,7 +75,7 @@ def test_cli_both_directions(tmp_path):
 
 
 def test_cli_missing_weights_names_the_file(tmp_path):
-  from softvq_jax.convert.__main__ import main
+  from softvq_jax.cli.convert import main
 
   cfg = tmp_path / "config.json"
   cfg.write_text(json.dumps(load("softvq_small")[0]))

@@ -7,7 +7,7 @@ from PIL import Image
 
 from softvq_jax import data
 from softvq_jax.data import preprocess
-from softvq_jax.data.photos import EVAL_NAMES, TRAIN_NAMES
+from softvq_jax.data.sources.photos import EVAL_NAMES, TRAIN_NAMES
 
 
 def cfg(**kw):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.losses import diffaug as da
+from softvq_jax.objectives import diffaug as da
 
 POLICY = "color,translation,cutout_0.2"
 

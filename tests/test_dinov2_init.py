@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from softvq_jax.convert import init_encoder_from_dinov2, resample
+from softvq_jax.convert import init_encoder_from_dinov2
 from softvq_jax.models.factory import abstract_params, build_tokenizer
+from softvq_jax.weights import resample
 
 W, DEPTH = 64, 1
 

@@ -8,7 +8,6 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softvq_jax.convert.io import conv_kernel, conv_weight
 from softvq_jax.models.discriminators import (
   DISCRIMINATORS,
   DinoDiscriminator,
@@ -25,6 +24,7 @@ from softvq_jax.models.discriminators.spectral_norm import (
   power_iteration,
   spectral_sigma,
 )
+from softvq_jax.weights.io import conv_kernel, conv_weight
 
 RTOL, ATOL = 1e-4, 1e-5
 

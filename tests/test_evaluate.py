@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
-from softvq_jax import data, inference
+from softvq_jax import data
 from softvq_jax.evaluation import common, image_metrics, metrics, reconstruction
+from softvq_jax.weights import pretrained
 
 S = TOKENIZER_SIZE
 
@@ -78,7 +79,7 @@ def test_tokenizer_eval_on_photos_matches_independent_numpy(tmp_path, model_dir)
   assert written["image_size"] == S and written["split"] == "validation"
 
   # Independent recomputation from the same images.
-  tok = inference.load_tokenizer(model_dir)
+  tok = pretrained.load_tokenizer(model_dir)
   x = _eval_images(7)
   z, info = tok.encode(x)
   rec = np.asarray(tok.decode(z))
@@ -123,7 +124,7 @@ def test_identity_round_trip_gives_zero_rfid(tmp_path, model_dir):
 
 
 def test_interrupted_evaluation_resumes_exactly(tmp_path, model_dir):
-  tok = inference.load_tokenizer(model_dir)
+  tok = pretrained.load_tokenizer(model_dir)
   fn = reconstruction.make_reconstruct_fn(reconstruction.tokenizer_round_trip(tok), tok.params)
   x = _eval_images(8)
   batches = [{"image": x[i : i + 2], "mask": np.ones(2, bool)} for i in range(0, 8, 2)]
@@ -159,7 +160,7 @@ def test_interrupted_evaluation_resumes_exactly(tmp_path, model_dir):
 def test_inception_feature_path(model_dir):
   params, comparable = common.inception_params(None, random_init=True)
   assert not comparable
-  tok = inference.load_tokenizer(model_dir)
+  tok = pretrained.load_tokenizer(model_dir)
   fn = reconstruction.make_reconstruct_fn(reconstruction.tokenizer_round_trip(tok), tok.params)
   state = reconstruction.ReconstructionState(False, 2, 16)
   x = _eval_images(3)
@@ -183,7 +184,7 @@ def test_missing_inception_weights_name_the_flag(tmp_path, model_dir):
 
 def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
 
-  from softvq_jax import evaluate
+  from softvq_jax.cli import evaluate
 
   monkeypatch.setattr(common, "inception_params", lambda path, random_init: (None, False))
   monkeypatch.setattr(common, "inception_feature_fn", lambda params: standin_features)
@@ -212,11 +213,11 @@ def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
 
 
 def test_lpips_branch_matches_lpips(model_dir):
-  from softvq_jax.convert import lpips as loader
-  from softvq_jax.losses import perceptual
+  from softvq_jax.objectives import perceptual
+  from softvq_jax.weights import lpips as loader
 
   lp_params = loader.load_lpips_params(None, None, random_init=True)
-  tok = inference.load_tokenizer(model_dir)
+  tok = pretrained.load_tokenizer(model_dir)
   fn = reconstruction.make_reconstruct_fn(
     reconstruction.tokenizer_round_trip(tok),
     tok.params,
@@ -257,7 +258,7 @@ def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):
     reconstruction.eval_data_config(cfg, "validation", 1), image_size=S, batch_size=8
   )
   x = np.concatenate([b["image"][b["mask"]] for b in ev.iterator()])
-  tok = inference.load_tokenizer(model_dir)
+  tok = pretrained.load_tokenizer(model_dir)
   xu8 = image_metrics.to_uint8(x)
   ru8 = image_metrics.to_uint8(tok.decode(tok.encode(x)[0]))
   np.testing.assert_allclose(

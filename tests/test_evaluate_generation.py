@@ -18,7 +18,6 @@ import pytest
 from tiny_models import TOKENIZER_SIZE as S
 from tiny_models import save_tiny_sit, save_tiny_tokenizer, tiny_sit
 
-from softvq_jax import inference
 from softvq_jax.evaluation import (
   adm_npz,
   common,
@@ -28,6 +27,7 @@ from softvq_jax.evaluation import (
   metrics,
 )
 from softvq_jax.sampling import generate as gen_lib
+from softvq_jax.weights import pretrained
 
 FEATURES = common.tiny_feature_fn(seed=3)
 SETTINGS = dict(sampler="ode", steps=2, cfg_scale=1.5, cfg_interval=(0.0, 1.0))
@@ -41,7 +41,7 @@ def tok_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def decode_sampler(tok_dir):
   """A sampler-free adapter: sample i = decode(N(0, 1) latents from fold_in(key(7), i))."""
-  tok = inference.load_tokenizer(tok_dir)
+  tok = pretrained.load_tokenizer(tok_dir)
   decode = jax.jit(lambda z: image_metrics.to_uint8(tok.decode(z), jnp))
 
   def images(start, stop):
@@ -60,7 +60,7 @@ def decode_sampler(tok_dir):
 
 @pytest.fixture(scope="module")
 def models(tok_dir, tmp_path_factory):
-  tok = inference.load_tokenizer(tok_dir)
+  tok = pretrained.load_tokenizer(tok_dir)
   model, params = tiny_sit()
   gen_dir = save_tiny_sit(tmp_path_factory.mktemp("sit") / "sit", tok_dir)
   return gen_lib.Generator(model, params, tok, 0.0, 1.0), gen_dir
@@ -244,7 +244,7 @@ def test_process_ranges_cover_the_samples():
 
 def test_command_line_generation_mode(tmp_path, models, reference, monkeypatch):
 
-  from softvq_jax import evaluate
+  from softvq_jax.cli import evaluate
 
   _, gen_dir = models
   monkeypatch.setattr(common, "inception_params", lambda path, random_init: (None, False))

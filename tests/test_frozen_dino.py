@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.convert import io
 from softvq_jax.models.discriminators import build_discriminator, init_discriminator
 from softvq_jax.models.frozen import dino
+from softvq_jax.weights import dino as dino_weights
+from softvq_jax.weights import io
 
 E, DEPTH, HEADS = 384, 12, 6
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -90,7 +91,7 @@ def loaded(tmp_path_factory):
   sd = official_state_dict()
   path = tmp_path_factory.mktemp("dino") / "dino_deitsmall16_pretrain.safetensors"
   io.save_safetensors(sd, path)
-  return sd, dino.load_dino_params(path)
+  return sd, dino_weights.load_dino_params(path)
 
 
 def test_loader_maps_official_layout(loaded):
@@ -128,24 +129,24 @@ def test_forward_matches_numpy(loaded):
 
 def test_loader_errors(tmp_path):
   with pytest.raises(io.WeightFileError, match="loss.disc.dino_path"):
-    dino.load_dino_params(tmp_path / "missing.safetensors")
+    dino_weights.load_dino_params(tmp_path / "missing.safetensors")
   sd = official_state_dict(extra=False)
   del sd["blocks.3.mlp.fc2.bias"]
   with pytest.raises(KeyError, match=r"missing \['blocks.3.mlp.fc2.bias'\]"):
-    dino.params_from_state_dict(sd)
+    dino_weights.params_from_state_dict(sd)
   sd = official_state_dict(extra=False)
   sd["blocks.0.ls1.gamma"] = np.ones(E, np.float32)  # a DINOv2 file is not DINO v1
   with pytest.raises(KeyError, match="unexpected.*ls1.gamma"):
-    dino.params_from_state_dict(sd)
+    dino_weights.params_from_state_dict(sd)
   sd = official_state_dict(extra=False)
   sd["pos_embed"] = np.zeros((1, 257, E), np.float32)
   with pytest.raises(ValueError, match=r"pos_embed has shape \(1, 257, 384\)"):
-    dino.params_from_state_dict(sd)
+    dino_weights.params_from_state_dict(sd)
 
 
 def test_random_init_warns_and_has_exact_shapes(caplog):
   with caplog.at_level(logging.WARNING):
-    p = dino.load_dino_params("", random_init=True, key=jax.random.key(3))
+    p = dino_weights.load_dino_params("", random_init=True, key=jax.random.key(3))
   assert "RANDOM" in caplog.text
   assert jax.tree.map(np.shape, p) == jax.tree.map(lambda s: s.shape, dino.abstract_params())
 
@@ -230,7 +231,7 @@ def test_preprocess_random_crop():
 
 # ----------------------------------------------------------------------------- discriminator
 def test_trunk_shapes_and_dino_discriminator():
-  p = dino.load_dino_params(None, random_init=True, key=jax.random.key(0))
+  p = dino_weights.load_dino_params(None, random_init=True, key=jax.random.key(0))
   d = build_discriminator("dino", trunk_fn=dino.trunk_fn())
   x = jax.random.uniform(jax.random.key(1), (2, 256, 256, 3), minval=-1, maxval=1)
   trunk = dino.trunk_fn()

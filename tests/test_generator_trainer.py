@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
-from softvq_jax import checkpointing, configlib
+from softvq_jax import checkpointing
+from softvq_jax.config import defaults
+from softvq_jax.config.validate import ConfigError, validate
 from softvq_jax.data import latents
 from softvq_jax.sampling import generate as g
 from softvq_jax.training import loop
@@ -41,7 +43,7 @@ def setup(tmp_path_factory):
 
 
 def _config(root, kind="sit", steps=40):
-  c = configlib.generator_config("S", f"quick,kind={kind}")
+  c = defaults.generator_config("S", f"quick,kind={kind}")
   c.data.path = str(root / "cache")
   c.model.num_classes = 4
   c.batch_size = 16
@@ -54,7 +56,7 @@ def _config(root, kind="sit", steps=40):
   c.eval.num_images_grid = 4
   c.ckpt.async_save = False
   c.data.num_workers = 1
-  configlib.validate(c)
+  validate(c)
   return c
 
 
@@ -100,8 +102,8 @@ def test_generate_is_batch_independent(trained):
 
 def test_sample_cli(trained, tmp_path):
   workdir, _ = trained
+  from softvq_jax.cli.sample import main
   from softvq_jax.evaluation.adm_npz import iter_npz_batches
-  from softvq_jax.sample import main
 
   out = main(
     [
@@ -152,12 +154,12 @@ def test_config_validation(setup):
   root, _, _ = setup
   c = _config(root)
   c.transport.prediction = "noise"
-  with pytest.raises(configlib.ConfigError, match="prediction"):
-    configlib.validate(c)
+  with pytest.raises(ConfigError, match="prediction"):
+    validate(c)
   c = _config(root)
   c.data.path = ""
-  with pytest.raises(configlib.ConfigError, match="data.path"):
-    configlib.validate(c)
+  with pytest.raises(ConfigError, match="data.path"):
+    validate(c)
 
 
 @pytest.mark.parametrize("variant", ["s", "b", "l", "xl"])
@@ -171,7 +173,7 @@ def test_generator_configs_build_and_validate(variant, arg):
   spec.loader.exec_module(module)
   c = module.get_config(arg)
   c.data.path = "/some/cache"
-  configlib.validate(c)
+  validate(c)
   assert c.trainer == ("dit" if arg == "kind=dit" else "sit")
   if arg != "quick":
     assert c.model.variant == variant.upper() and c.batch_size == 256
@@ -184,9 +186,10 @@ def test_generator_configs_build_and_validate(variant, arg):
 def test_converted_generator_samples_with_its_tokenizer(setup, tmp_path):
   """A model dir from `convert sit` + a tokenizer dir -> images; a mismatched tokenizer errors."""
   _, tok_dir, _ = setup
-  from softvq_jax.convert.io import save_safetensors
-  from softvq_jax.convert.sit import main_sit, sit_to_reference
+  from softvq_jax.cli.convert import main_sit
   from softvq_jax.models.sit import build_generator
+  from softvq_jax.weights.io import save_safetensors
+  from softvq_jax.weights.sit import sit_to_reference
 
   model = build_generator("sit", "mu", input_size=L, in_channels=D, num_classes=1000)
   x = np.zeros((1, L, D), np.float32)

@@ -27,8 +27,10 @@ from fake_imagenet import (
 from PIL import Image
 
 from softvq_jax import data
-from softvq_jax.data import imagenet, prepare_imagenet, preprocess
+from softvq_jax.cli import prepare_imagenet
+from softvq_jax.data import preprocess
 from softvq_jax.data.pipeline import BadImage, TrainData
+from softvq_jax.data.sources import imagenet
 
 ROOT = pathlib.Path(__file__).parents[1]
 NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 6, 7

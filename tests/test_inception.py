@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.convert import io as wio
-from softvq_jax.evaluation import inception as inc
+from softvq_jax.models.frozen import inception as inc
+from softvq_jax.weights import inception as inc_weights
+from softvq_jax.weights import io as wio
 
 # ---------------------------------------------------------------------------------------------
 # The pytorch-fid FIDInceptionV3 layout, written out independently from torchvision's Inception3:
@@ -123,7 +124,7 @@ def state_dict():
 
 @pytest.fixture(scope="module")
 def params(state_dict):
-  return inc.params_from_torch_state_dict(state_dict)
+  return inc_weights.params_from_torch_state_dict(state_dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def params(state_dict):
 
 def test_param_layout_is_the_published_one():
   shapes = inc.param_shapes()
-  sd = inc.torch_state_dict(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes))
+  sd = inc_weights.torch_state_dict(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes))
   published = _published_shapes()
   assert len(published) == 472
   assert {k: v.shape for k, v in sd.items()} == published
@@ -145,37 +146,39 @@ def test_loader_round_trip_all_keys(tmp_path, state_dict, params):
   sd = dict(state_dict)
   sd["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.zeros((), np.int64)  # tolerated if present
   wio.save_safetensors(sd, path)
-  loaded = inc.load_inception_params(path)
+  loaded = inc_weights.load_inception_params(path)
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
   p = loaded["Mixed_6b"]["branch7x7_2"]
   w = state_dict["Mixed_6b.branch7x7_2.conv.weight"]  # (O, I, 1, 7)
   np.testing.assert_array_equal(p["conv"]["kernel"], np.transpose(w, (2, 3, 1, 0)))
   np.testing.assert_array_equal(p["bn"]["var"], state_dict["Mixed_6b.branch7x7_2.bn.running_var"])
   np.testing.assert_array_equal(loaded["fc_kernel"], state_dict["fc.weight"].T)
-  back = inc.torch_state_dict(loaded)
+  back = inc_weights.torch_state_dict(loaded)
   assert back.keys() == state_dict.keys()
   for k, v in state_dict.items():
     np.testing.assert_array_equal(back[k], v)
   npz = tmp_path / "pt_inception.npz"
   np.savez(npz, **state_dict)
-  np.testing.assert_array_equal(inc.load_inception_params(npz)["fc_bias"], state_dict["fc.bias"])
+  np.testing.assert_array_equal(
+    inc_weights.load_inception_params(npz)["fc_bias"], state_dict["fc.bias"]
+  )
 
 
 def test_loader_errors(tmp_path, state_dict):
   with pytest.raises(wio.WeightFileError, match="eval.inception_path"):
-    inc.load_inception_params(tmp_path / "missing.safetensors")
+    inc_weights.load_inception_params(tmp_path / "missing.safetensors")
   sd = dict(state_dict)
   del sd["Mixed_7c.branch_pool.bn.running_mean"]
   with pytest.raises(ValueError, match="missing 1 keys"):
-    inc.params_from_torch_state_dict(sd)
+    inc_weights.params_from_torch_state_dict(sd)
   sd = dict(state_dict)
   sd["AuxLogits.fc.weight"] = np.zeros((1008, 768), np.float32)
   with pytest.raises(ValueError, match="unexpected 1 keys"):
-    inc.params_from_torch_state_dict(sd)
+    inc_weights.params_from_torch_state_dict(sd)
   sd = dict(state_dict)
   sd["fc.weight"] = np.zeros((1000, 2048), np.float32)
   with pytest.raises(ValueError, match="fc.weight has shape"):
-    inc.params_from_torch_state_dict(sd)
+    inc_weights.params_from_torch_state_dict(sd)
 
 
 # ---------------------------------------------------------------------------------------------

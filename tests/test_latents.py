@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
-from softvq_jax import data, inference
+from softvq_jax import data
 from softvq_jax.data import latents, preprocess
-from softvq_jax.data.photos import PhotoSource
+from softvq_jax.data.sources.photos import PhotoSource
+from softvq_jax.weights import pretrained
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -30,7 +31,7 @@ def tok_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tok_dir):
-  return inference.load_tokenizer(tok_dir)
+  return pretrained.load_tokenizer(tok_dir)
 
 
 @pytest.fixture(scope="module")

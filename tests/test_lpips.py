@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.convert import io as wio
-from softvq_jax.convert import lpips as L
-from softvq_jax.losses.perceptual import lpips, lpips_loss, perceptual_weight_at
+from softvq_jax.objectives.perceptual import lpips, lpips_loss, perceptual_weight_at
+from softvq_jax.weights import io as wio
+from softvq_jax.weights import lpips as L
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy LPIPS (float64) on the torch-layout state dict, following the reference's

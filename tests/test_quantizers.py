@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from softvq_jax.models import quantizers as Q
+from softvq_jax.models.functional import l2_normalize
 
 B, L, D, K, NC = 3, 8, 6, 16, 2
 
@@ -146,15 +147,15 @@ def test_softvq_gradient_paths(z):
   p_const = jnp.asarray(probs, jnp.float32).reshape(B, NC, L // NC, K)
 
   def only_mixture(cb):
-    zq = jnp.einsum("bnsk,nkd->bnsd", p_const, Q.l2_normalize(cb), precision="highest")
+    zq = jnp.einsum("bnsk,nkd->bnsd", p_const, l2_normalize(cb), precision="highest")
     return jnp.sum(w * zq.reshape(B, L, D))
 
   np.testing.assert_allclose(g_cb, jax.jit(jax.grad(only_mixture))(cb), atol=1e-5)
 
   # Had the logits not stopped the gradient, the codebook gradient would differ noticeably:
   def leaky(cb):
-    cn = Q.l2_normalize(cb)
-    zs = Q.l2_normalize(z).reshape(B, NC, L // NC, D)
+    cn = l2_normalize(cb)
+    zs = l2_normalize(z).reshape(B, NC, L // NC, D)
     p = jax.nn.softmax(jnp.einsum("bnsd,nkd->bnsk", zs, cn) / 0.07, -1)
     return jnp.sum(w * jnp.einsum("bnsk,nkd->bnsd", p, cn).reshape(B, L, D))
 
@@ -208,7 +209,7 @@ def test_vq_matches_numpy_and_straight_through(z):
   # straight-through: d sum(w * z_q) / d z_normalised = w
   w = jnp.asarray(np.random.RandomState(4).randn(B, L, D).astype(np.float32))
   g = jax.jit(jax.grad(lambda zz: jnp.sum(w * q.apply(v, zz, False)[0])))(z)
-  g_ref = jax.jit(jax.grad(lambda zz: jnp.sum(w * Q.l2_normalize(zz))))(z)
+  g_ref = jax.jit(jax.grad(lambda zz: jnp.sum(w * l2_normalize(zz))))(z)
   np.testing.assert_allclose(g, g_ref, atol=1e-5)
   _, info_eval = _apply(q, v, z, False)
   assert float(info_eval["quantizer_loss"]) == 0.0

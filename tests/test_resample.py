@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from softvq_jax.convert import resample
+from softvq_jax.weights import resample
 
 
 def test_resize_matrix_rows_sum_to_one_and_identity():

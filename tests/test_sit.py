@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 
 from softvq_jax import checkpointing
-from softvq_jax.convert import io as cio
+from softvq_jax.cli.convert import main_sit
 from softvq_jax.convert import sit_from_reference
-from softvq_jax.convert.sit import (
-  generator_from_config,
-  key_map,
-  main_sit,
-  sit_to_reference,
-)
 from softvq_jax.models.sit import DiT, SiT, build_generator
+from softvq_jax.objectives import diffusion as D
 from softvq_jax.sampling import cfg as cfg_lib
-from softvq_jax.sampling import diffusion as D
+from softvq_jax.sampling.diffusion import diffusion_sample
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
+from softvq_jax.weights import io as cio
+from softvq_jax.weights.sit import (
+  generator_from_config,
+  key_map,
+  sit_to_reference,
+)
 
 
 def _count(model, x_shape):
@@ -246,7 +247,7 @@ def test_dit_sampler_guides_all_channels():
   x = jax.random.normal(jax.random.key(0), (2, 3, 4))
   noise = jax.random.normal(jax.random.key(1), (5, 2, 3, 4))
   y = jnp.array([5, 500])
-  out = D.diffusion_sample(d, fn, x, y, cfg_scale=3.0, noise=noise)
+  out = diffusion_sample(d, fn, x, y, cfg_scale=3.0, noise=noise)
   assert sorted(set(calls)) == [4]
   # numpy ancestral loop with guidance on all 4 channels
   xn, nn_ = np.asarray(x, np.float64), np.asarray(noise, np.float64)
@@ -331,7 +332,7 @@ def test_convert_cli(tmp_path):
   sd, params = _random_reference(model, 2)
   cio.save_safetensors(sd, tmp_path / "model.safetensors")
   (tmp_path / "config.json").write_text(json.dumps(SMALL))
-  from softvq_jax.convert.__main__ import main
+  from softvq_jax.cli.convert import main
 
   out = main(
     [
@@ -394,7 +395,7 @@ def test_bf16_and_remat_match_f32():
 
 @pytest.mark.parametrize("path", ["linear", "cosine"])
 def test_transport_paths_and_score(path):
-  from softvq_jax.sampling import transport
+  from softvq_jax.objectives import transport
 
   t = np.linspace(0.05, 0.95, 7)
   a, s, da, ds = transport.path_coefficients(t, path)
@@ -422,7 +423,7 @@ def test_transport_paths_and_score(path):
 
 
 def test_training_loss_is_per_sample_mse():
-  from softvq_jax.sampling import transport
+  from softvq_jax.objectives import transport
 
   x = jnp.ones((4, 3, 2))
   loss = transport.training_loss(lambda xt, t: jnp.zeros_like(xt), x, jax.random.key(0))

@@ -9,8 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.convert.reference_config import reference_to_model_config
-from softvq_jax.convert.tokenizer import key_map
 from softvq_jax.models import rope
 from softvq_jax.models.factory import (
   abstract_params,
@@ -19,6 +17,8 @@ from softvq_jax.models.factory import (
   validate_tokenizer_config,
 )
 from softvq_jax.models.tokenizer import LAST_LAYER, LAST_LAYER_CONV, unpatchify
+from softvq_jax.weights.reference_config import reference_to_model_config
+from softvq_jax.weights.tokenizer import key_map
 
 S, P, L, D, K, NC, B = 32, 8, 8, 4, 16, 2, 2
 N = (S // P) ** 2

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 from test_tokenizer_trainer import _batches, tiny_config
 
-from softvq_jax import configlib, sharding
-from softvq_jax.convert.io import WeightFileError
-from softvq_jax.losses import perceptual
+from softvq_jax import sharding
+from softvq_jax.config import defaults
+from softvq_jax.config.validate import validate
+from softvq_jax.objectives import perceptual
 from softvq_jax.training import frozen_nets, loop
 from softvq_jax.training.tokenizer import TokenizerTask
+from softvq_jax.weights.io import WeightFileError
 
 ALL_TERMS = {
   "loss.random_init": True,
@@ -107,7 +109,7 @@ def test_all_terms_step_values():
   ],
 )
 def test_missing_weight_files_name_the_key(overrides, key, tmp_path):
-  c = configlib.tokenizer_config("B", "quick")
+  c = defaults.tokenizer_config("B", "quick")
   for k, v in overrides.items():
     *path, last = k.split(".")
     node = c
@@ -115,7 +117,7 @@ def test_missing_weight_files_name_the_key(overrides, key, tmp_path):
       node = node[p]
     node[last] = v
   with pytest.raises(WeightFileError, match=key.replace(".", r"\.")):
-    configlib.validate(c)
+    validate(c)
   # A configured but absent file is named too.
   missing = str(tmp_path / "weights.safetensors")
   node = c
@@ -130,7 +132,7 @@ def test_missing_weight_files_name_the_key(overrides, key, tmp_path):
 
 
 def test_quick_uses_mse_patchgan_and_entropy():
-  c = configlib.tokenizer_config("B", "quick")
+  c = defaults.tokenizer_config("B", "quick")
   assert c.loss.rec_type == "l2" and c.loss.rec_weight == 1.0
   assert c.loss.disc.name == "patchgan" and c.loss.disc.weight > 0
   assert c.quantizer.entropy_loss_ratio > 0

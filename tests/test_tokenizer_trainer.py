@@ -8,7 +8,9 @@ import sys
 import jax
 import numpy as np
 
-from softvq_jax import checkpointing, configlib, data, sharding
+from softvq_jax import checkpointing, data, sharding
+from softvq_jax.config import defaults
+from softvq_jax.config.validate import validate
 from softvq_jax.training import loop
 from softvq_jax.training.tokenizer import TokenizerTask
 
@@ -16,7 +18,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 
 def tiny_config(**overrides):
-  c = configlib.tokenizer_config("B", "quick")
+  c = defaults.tokenizer_config("B", "quick")
   c.model.image_size = 32
   for part in (c.model.encoder, c.model.decoder):
     part.variant, part.patch_size, part.depth, part.width, part.heads = "mu", 8, 1, 32, 2
@@ -34,7 +36,7 @@ def tiny_config(**overrides):
     for p in path:
       target = target[p]
     target[last] = v
-  configlib.validate(c)
+  validate(c)
   return c
 
 
@@ -186,7 +188,7 @@ def test_gan_steps_match_across_devices_and_respect_disc_start():
 def test_post_init_loads_dinov2_into_the_encoder(tmp_path):
   from test_dinov2_init import DEPTH, W, dinov2_state_dict
 
-  from softvq_jax.convert.io import save_safetensors
+  from softvq_jax.weights.io import save_safetensors
 
   path = tmp_path / "dinov2.safetensors"
   save_safetensors(dinov2_state_dict(37), path)  # 518 px / patch 14 grid, as published
@@ -209,15 +211,16 @@ def test_post_init_loads_dinov2_into_the_encoder(tmp_path):
 
 
 def test_export_and_load_a_trained_tokenizer(tmp_path):
-  from softvq_jax import export, inference
-  from softvq_jax.convert.io import load_state_dict
+  from softvq_jax.cli import export
+  from softvq_jax.weights import pretrained
+  from softvq_jax.weights.io import load_state_dict
 
   workdir = tmp_path / "run"
   loop.train(TokenizerTask, tiny_config(total_steps=2), str(workdir))
   out = export.export(workdir, tmp_path / "model", stats_images=8)
-  tok = inference.load_tokenizer(out)
+  tok = pretrained.load_tokenizer(out)
   assert tok.vq_std > 0 and tok.vq_mean != 0.0  # measured, not the defaults
-  from_workdir = inference.load_tokenizer(workdir)
+  from_workdir = pretrained.load_tokenizer(workdir)
   x = np.zeros((2, 32, 32, 3), np.float32)
   z, info = tok.encode(x)
   assert z.shape == (2, 8, 4) and info["indices"].shape == (2, 8)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from softvq_jax.sampling import transport
+from softvq_jax.objectives import transport
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
 

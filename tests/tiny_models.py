@@ -3,7 +3,9 @@
 import jax
 import jax.numpy as jnp
 
-from softvq_jax import checkpointing, configlib
+from softvq_jax import checkpointing
+from softvq_jax.config import defaults
+from softvq_jax.config.validate import validate
 from softvq_jax.models.factory import build_tokenizer
 
 TOKENIZER_SIZE = 32
@@ -11,13 +13,13 @@ TOKENIZER_SIZE = 32
 
 def tiny_tokenizer_config():
   """A 32px SoftVQ tokenizer: 1+1 blocks of width 32, 8 tokens of dim 4, 2 x 16 codes."""
-  c = configlib.tokenizer_config("B", "quick")
+  c = defaults.tokenizer_config("B", "quick")
   c.model.image_size = TOKENIZER_SIZE
   for part in (c.model.encoder, c.model.decoder):
     part.variant, part.patch_size, part.depth, part.width, part.heads = "mu", 8, 1, 32, 2
   c.model.num_latent_tokens, c.model.codebook_embed_dim = 8, 4
   c.quantizer.codebook_size, c.quantizer.num_codebooks = 16, 2
-  configlib.validate(c)
+  validate(c)
   return c
 
 
@@ -52,7 +54,7 @@ def tiny_sit(num_classes: int = 10):
 
 def save_tiny_sit(path, tokenizer_dir):
   """A tiny random SiT model dir that records `tokenizer_dir` as its tokenizer."""
-  from softvq_jax.convert.sit import generator_config
+  from softvq_jax.weights.sit import generator_config
 
   model, params = tiny_sit()
   config = {"model": {**generator_config(model), "tokenizer": str(tokenizer_dir)}}

@@ -17,17 +17,17 @@ IMAGE_DATASETS = ("photos", "folder", "imagenet")
 def _sources(data_cfg, process_count=1):
   name = data_cfg.name
   if name == "photos":
-    from softvq_jax.data.photos import PhotoSource
+    from softvq_jax.data.sources.photos import PhotoSource
 
     return PhotoSource("train"), PhotoSource("eval")
   if name == "folder":
-    from softvq_jax.data.folder import folder_sources
+    from softvq_jax.data.sources.folder import folder_sources
 
     return folder_sources(
       data_cfg.path, data_cfg.get("eval_path", ""), data_cfg.get("eval_fraction", 0.1)
     )
   if name == "imagenet":
-    from softvq_jax.data.imagenet import imagenet_sources
+    from softvq_jax.data.sources.imagenet import imagenet_sources
 
     return imagenet_sources(data_cfg, process_count)
   if name in ("latents", "latents_online"):
@@ -37,7 +37,7 @@ def _sources(data_cfg, process_count=1):
 
 def _online_parts(data_cfg):
   """latents_online: (image data config, tokenizer) from data.image_source and data.tokenizer."""
-  from softvq_jax import inference
+  from softvq_jax.weights import pretrained
 
   if not data_cfg.get("tokenizer", ""):
     raise ValueError("data.name='latents_online' needs --config.data.tokenizer=/path/to/tokenizer")
@@ -45,7 +45,7 @@ def _online_parts(data_cfg):
   image_cfg.name = data_cfg.get("image_source", "photos")
   if image_cfg.name not in IMAGE_DATASETS:
     raise ValueError(f"data.image_source={image_cfg.name!r}; choose one of {IMAGE_DATASETS}")
-  return image_cfg, inference.load_tokenizer(data_cfg.tokenizer)
+  return image_cfg, pretrained.load_tokenizer(data_cfg.tokenizer)
 
 
 def build_train_data(

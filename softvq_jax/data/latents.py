@@ -316,7 +316,7 @@ def encode_dataset(
 ) -> dict | None:
   """Encodes every example of `source` (ADM center crop and its flip) into a cache at `out`.
 
-  tokenizer: an `inference.Tokenizer`; source: an ImageSource. Each process (default: this
+  tokenizer: an `PretrainedTokenizer`; source: an ImageSource. Each process (default: this
   JAX process) encodes its contiguous block of shards on its local devices; shards already
   complete in `<out>.incomplete/` are skipped (resume). Images are decoded and cropped by
   `num_workers` threads (default: the CPU count), each preparing whole batches. Returns

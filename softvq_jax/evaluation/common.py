@@ -1,7 +1,7 @@
 """Shared pieces of the evaluation commands: Inception weights, progress, codebook usage, JSON.
 
 Used by `reconstruction.py` (rFID/PSNR/SSIM of a tokenizer) and `generation.py` (gFID of a
-generator); the command line lives in `softvq_jax/evaluate.py`.
+generator); the command line lives in `softvq_jax/cli/evaluate.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from softvq_jax.evaluation import adm_npz, features, inception
+from softvq_jax.evaluation import adm_npz, features
+from softvq_jax.models.frozen import inception
+from softvq_jax.weights import inception as inception_weights
 
 RANDOM_INIT_WARNING = (
   "INCEPTION WEIGHTS ARE RANDOM (--inception_random_init): the FID/sFID/IS/precision/recall "
@@ -37,7 +39,7 @@ def inception_params(
   torch). Without a path and without `random_init` a ValueError names the `--inception` flag.
   """
   if path:
-    return inception.load_inception_params(path), True
+    return inception_weights.load_inception_params(path), True
   if not random_init:
     raise ValueError(
       "no Inception weights: pass --inception=/path/to/pt_inception-2015-12-05.safetensors (the "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,23 +22,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softvq_jax.evaluation import metrics
+from softvq_jax.utils.files import save_npz_atomic
 
 MESH_AXIS = "batch"
-
-
-def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
-  """np.savez to a temporary file in the same folder, then rename (no torn state files)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
 
 
 class FeatureAccumulator:

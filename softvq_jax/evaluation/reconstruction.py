@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from softvq_jax.evaluation import common, features, image_metrics, metrics
+from softvq_jax.utils.files import save_npz_atomic
 
 # A tokenizer round trip in jax: (params, x in [-1, 1]) -> (reconstruction, quantizer info).
 RoundTrip = Callable[[Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -28,7 +29,7 @@ SUM_KEYS = ("psnr", "ssim", "lpips", "mse")
 
 
 def tokenizer_round_trip(tokenizer) -> RoundTrip:
-  """encode -> decode of an `inference.Tokenizer` (its module; params are passed separately)."""
+  """encode -> decode of a `PretrainedTokenizer` (its module; params are passed separately)."""
   model = tokenizer.model
 
   def round_trip(params, x):
@@ -123,7 +124,7 @@ class ReconstructionState:
       self.counts = np.asarray(sd["counts"], np.int64)
 
   def save(self, path: str | os.PathLike) -> None:
-    features.save_npz_atomic(path, self.state_dict())
+    save_npz_atomic(path, self.state_dict())
 
   def load(self, path: str | os.PathLike) -> None:
     with np.load(path, allow_pickle=False) as data:
@@ -264,8 +265,8 @@ def lpips_components(vgg_path: str | None, lin_path: str | None):
     return None, None
   if not lin_path:
     raise ValueError("LPIPS needs --lpips_lin (the LPIPS heads) besides --lpips_vgg")
-  from softvq_jax.convert.lpips import load_lpips_params
-  from softvq_jax.losses.perceptual import lpips
+  from softvq_jax.objectives.perceptual import lpips
+  from softvq_jax.weights.lpips import load_lpips_params
 
   return lpips, load_lpips_params(vgg_path, lin_path)
 
@@ -312,8 +313,8 @@ def evaluate_tokenizer(
 ) -> dict[str, Any]:
   """Evaluates a tokenizer on a split; writes summary.json and PNG grids to `out_dir`.
 
-  model: an exported model dir or a training workdir (`inference.load_tokenizer`, EMA params by
-    default), or an already loaded `inference.Tokenizer`.
+  model: an exported model dir or a training workdir (`pretrained.load_tokenizer`, EMA params by
+    default), or an already loaded `pretrained.PretrainedTokenizer`.
   data_cfg: a `data` config section (photos/folder/imagenet); defaults to the tokenizer's own.
   num_images: the first N images of the split (0: all), ADM center crop (`crops` > 1 adds fixed
     random crops, for tiny sets such as the bundled photos).
@@ -324,9 +325,10 @@ def evaluate_tokenizer(
   """
   import ml_collections
 
-  from softvq_jax import data, inference
+  from softvq_jax import data
   from softvq_jax.evaluation import adm_npz
   from softvq_jax.utils import images as image_utils
+  from softvq_jax.weights import pretrained
 
   out_dir = pathlib.Path(out_dir)
   pi, pc = jax.process_index(), jax.process_count()
@@ -335,9 +337,9 @@ def evaluate_tokenizer(
     feature_fn = common.inception_feature_fn(inc_params)
   else:
     comparable = False
-  tok = model if isinstance(model, inference.Tokenizer) else None
+  tok = model if isinstance(model, pretrained.PretrainedTokenizer) else None
   if tok is None:
-    tok = inference.load_tokenizer(model, ema=ema, step=step)
+    tok = pretrained.load_tokenizer(model, ema=ema, step=step)
   if data_cfg is None:
     if "data" not in tok.config:
       raise ValueError(
@@ -410,7 +412,9 @@ def evaluate_tokenizer(
   progress.update(state.count * pc, force=True)
   summary = summarize(state, reference_stats=common.reference_statistics(ref_stats))
   summary.update(
-    model=str(model) if not isinstance(model, inference.Tokenizer) else "<in-memory tokenizer>",
+    model=str(model)
+    if not isinstance(model, pretrained.PretrainedTokenizer)
+    else "<in-memory tokenizer>",
     split=split,
     image_size=image_size,
     crops=crops,

@@ -17,14 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from softvq_jax.models.functional import l2_normalize
+
 Dtype = Any
 _HI = jax.lax.Precision.HIGHEST
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along the last axis (torch F.normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 def entropy_loss(affinity: jax.Array, temperature: float = 0.01, log_eps: float = 1e-6):

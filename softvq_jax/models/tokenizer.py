@@ -2,7 +2,7 @@
 
 Token order as the reference: encoder [cls | patches | latent tokens] keeping the last L outputs;
 decoder [cls | N mask tokens | latents] reading tokens 1..N back out as pixels. Parameter names
-mirror the reference state dict (see `softvq_jax.convert.tokenizer`). Images are NHWC in [-1, 1].
+mirror the reference state dict (see `softvq_jax.weights.tokenizer`). Images are NHWC in [-1, 1].
 
 `encode(x, train)` -> (z_q (B, L, D), info), `decode(z_q)` -> (B, S, S, 3),
 `__call__(x, train)` -> (x_rec, info); `info` is documented in `softvq_jax.models.quantizers`.

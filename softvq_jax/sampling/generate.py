@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from softvq_jax.models.sit import SiT
-from softvq_jax.sampling import diffusion as diffusion_lib
+from softvq_jax.objectives.diffusion import GaussianDiffusion
+from softvq_jax.sampling.diffusion import diffusion_sample
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
 
@@ -60,7 +61,7 @@ class SamplerSettings:
 
 @dataclasses.dataclass
 class Generator:
-  """A generator with its params, the frozen tokenizer (an `inference.Tokenizer`, or None for
+  """A generator with its params, the frozen tokenizer (a `PretrainedTokenizer`, or None for
   latents only) and the latent normalisation `z = (z_q - vq_mean) / vq_std`."""
 
   model: SiT
@@ -98,11 +99,9 @@ def sample_latents(
   if model.learn_sigma:
     if s.sampler != "diffusion":
       raise ValueError("a DiT (learn_sigma) model samples with sampler='diffusion'")
-    d = diffusion_lib.GaussianDiffusion.create(s.noise_schedule, 1000, str(s.steps))
+    d = GaussianDiffusion.create(s.noise_schedule, 1000, str(s.steps))
     fn = lambda x, t, y: model.apply({"params": params}, x, t.astype(jnp.float32), y)
-    return diffusion_lib.diffusion_sample(
-      d, fn, x, labels, cfg_scale=s.cfg_scale, null_label=null, key=k_steps
-    )
+    return diffusion_sample(d, fn, x, labels, cfg_scale=s.cfg_scale, null_label=null, key=k_steps)
   fn = lambda x, t, y: model.apply({"params": params}, x, t, y)
   kw = dict(cfg_scale=s.cfg_scale, cfg_interval=tuple(s.cfg_interval), null_label=null)
   if s.sampler == "ode":
@@ -237,8 +236,8 @@ def parse_classes(spec: str, num_classes: int = 1000) -> np.ndarray:
 
 def _generator_model(config: dict, **model_kw) -> SiT:
   """The generator module from a converted model dir's or a training checkpoint's config."""
-  from softvq_jax.convert.sit import generator_from_config
   from softvq_jax.models.sit import generator_from_train_config
+  from softvq_jax.weights.sit import generator_from_config
 
   m = config["model"]
   if "kind" in m:  # converted / exported model dir
@@ -257,11 +256,12 @@ def load_generator(
   """A Generator from a model dir (`python -m softvq_jax.convert sit` / `export_generator`) or a
   training workdir (EMA params of the latest checkpoint by default).
 
-  `tokenizer`: a tokenizer dir/workdir (or an `inference.Tokenizer`); default the one recorded in
+  `tokenizer`: a tokenizer dir/workdir (or a `PretrainedTokenizer`); default the one recorded in
   the generator's config (`model.tokenizer`). The latent statistics come from the generator's
   config (`model.vq_mean/vq_std`, written by the trainer) or else the tokenizer's config.
   """
-  from softvq_jax import checkpointing, inference
+  from softvq_jax import checkpointing
+  from softvq_jax.weights import pretrained
 
   path = pathlib.Path(path)
   if (path / "config.json").is_file() and (path / "params").exists():
@@ -291,7 +291,7 @@ def load_generator(
   tok_path = tokenizer if tokenizer is not None else m.get("tokenizer", "")
   tok = None
   if isinstance(tok_path, str | pathlib.Path) and str(tok_path):
-    tok = inference.load_tokenizer(tok_path)
+    tok = pretrained.load_tokenizer(tok_path)
   elif tok_path is not None and not isinstance(tok_path, str | pathlib.Path):
     tok = tok_path
   if m.get("vq_std") is not None and "kind" not in m:

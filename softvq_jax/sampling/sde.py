@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from softvq_jax.objectives.transport import path_coefficients
 from softvq_jax.sampling import cfg as cfg_lib
-from softvq_jax.sampling.transport import path_coefficients
 
 
 def sde_time_grid(steps: int, t_last: float = 0.04) -> np.ndarray:

@@ -18,8 +18,10 @@ from typing import Any
 import jax
 from absl import logging
 
-from softvq_jax.convert import io
-from softvq_jax.models.frozen import dino, vit_weights
+from softvq_jax.models.frozen import dino
+from softvq_jax.weights import dino as dino_weights
+from softvq_jax.weights import io
+from softvq_jax.weights import vit as vit_weights
 
 # name -> (config key(s) of its weight file(s), what the file is)
 _FILES = {
@@ -87,7 +89,7 @@ def load(config) -> dict[str, Any]:
   for i, name in enumerate(needed(config)):
     k = jax.random.fold_in(key, i)
     if name == "lpips":
-      from softvq_jax.convert.lpips import load_lpips_params
+      from softvq_jax.weights.lpips import load_lpips_params
 
       random = rnd and not _exists(loss.lpips_lin_path)
       out[name] = load_lpips_params(
@@ -96,12 +98,12 @@ def load(config) -> dict[str, Any]:
     elif name == "dino":
       variant = loss.disc.get("dino_variant", "S")
       if variant == "S":
-        out[name] = dino.load_dino_params(loss.disc.dino_path, random_init=rnd, key=k)
+        out[name] = dino_weights.load_dino_params(loss.disc.dino_path, random_init=rnd, key=k)
       else:
         logging.warning("DINO discriminator trunk: %r variant with RANDOM weights", variant)
         out[name] = vit_weights.random_like(dino.abstract_params(*dino.TRUNK_VARIANTS[variant]), k)
     elif name == "teacher":
-      from softvq_jax.models.frozen.dinov2 import load_teacher_params
+      from softvq_jax.weights.dinov2 import load_teacher_params
 
       out[name] = load_teacher_params(
         loss.align.teacher_path,

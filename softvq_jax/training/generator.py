@@ -20,9 +20,9 @@ from absl import logging
 
 from softvq_jax import sharding
 from softvq_jax.models.sit import generator_from_train_config
-from softvq_jax.sampling import diffusion as diffusion_lib
+from softvq_jax.objectives import diffusion as diffusion_lib
+from softvq_jax.objectives import transport
 from softvq_jax.sampling import generate as generate_lib
-from softvq_jax.sampling import transport
 from softvq_jax.training import loop, optim
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
@@ -54,12 +54,12 @@ def resolve_latents(config) -> dict:
       image_size=int(info.get("image_size", 0) or 0),
     )
   else:
-    from softvq_jax import inference
+    from softvq_jax.weights import pretrained
 
     path = d.get("tokenizer", "") or m.get("tokenizer", "")
     if not path:
       raise ValueError(f"data.name={d.name!r} needs --config.data.tokenizer=/path/to/tokenizer")
-    tok = inference.load_tokenizer(path)
+    tok = pretrained.load_tokenizer(path)
     tm = tok.config["model"]
     out = dict(
       num_tokens=int(tm["num_latent_tokens"]),
@@ -143,9 +143,9 @@ class GeneratorTask(loop.Task):
     self._tokenizer = self._tok_params = None
     if m.tokenizer:
       try:
-        from softvq_jax import inference
+        from softvq_jax.weights import pretrained
 
-        self._tokenizer = inference.load_tokenizer(m.tokenizer)
+        self._tokenizer = pretrained.load_tokenizer(m.tokenizer)
       except FileNotFoundError as e:
         logging.warning("no tokenizer for sample grids (%s); grids are skipped", e)
 

@@ -19,8 +19,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from softvq_jax import checkpointing, configlib, data, sharding
+from softvq_jax import checkpointing, data, sharding
 from softvq_jax.data import preprocess
+from softvq_jax.training import optim
 from softvq_jax.training.train_state import TrainState
 from softvq_jax.utils import images as image_utils
 
@@ -128,7 +129,7 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  total_steps, warmup_steps = configlib.steps_from(config, train_data.num_examples)
+  total_steps, warmup_steps = optim.steps_from(config, train_data.num_examples)
   logging.info(
     "Training for %d steps (%d warm-up), %d train examples",
     total_steps,

@@ -89,3 +89,26 @@ def optimizer_from_config(optim_cfg, peak_lr: float, total_steps: int, warmup_st
     grad_clip=optim_cfg.grad_clip,
   )
   return tx, schedule
+
+
+def steps_from(config, num_examples: int | None) -> tuple[int, int]:
+  """(total_steps, warmup_steps) from steps or epochs; epochs need the dataset size."""
+
+  def to_steps(steps: int, epochs: float, what: str) -> int:
+    if steps:
+      return int(steps)
+    if not num_examples:
+      raise ValueError(
+        f"{what} is given in epochs but the dataset size is unknown; set it in steps"
+      )
+    return int(math.ceil(epochs * num_examples / config.batch_size))
+
+  total = to_steps(config.total_steps, config.total_epochs, "total_epochs")
+  warmup = to_steps(config.optim.warmup_steps, config.optim.warmup_epochs, "optim.warmup_epochs")
+  return total, min(warmup, total)
+
+
+def learning_rate(config) -> float:
+  """Peak learning rate, scaled linearly with the global batch (reference: lr * batch / 256)."""
+  scale = config.batch_size / 256 if config.optim.lr_batch_scaling else 1.0
+  return config.optim.lr * scale

@@ -21,13 +21,14 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from softvq_jax import configlib
 from softvq_jax.evaluation import image_metrics
-from softvq_jax.losses import adversarial, alignment, gan_state, perceptual
 from softvq_jax.models import discriminators
 from softvq_jax.models.factory import build_tokenizer
 from softvq_jax.models.frozen import dinov2
+from softvq_jax.models.projector import AlignProjector
+from softvq_jax.objectives import adversarial, alignment, perceptual
 from softvq_jax.training import frozen_nets, loop, optim
+from softvq_jax.training import gan as gan_state
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
 
@@ -65,7 +66,7 @@ class TokenizerTask(loop.Task):
     super().__init__(config, mesh, total_steps, warmup_steps)
     self.model = build_tokenizer(config.model, config.quantizer)
     self.dtype = jnp.dtype(config.model.dtype)
-    self.peak_lr = configlib.learning_rate(config)
+    self.peak_lr = optim.learning_rate(config)
     self.tx, self.schedule = optim.optimizer_from_config(
       config.optim, self.peak_lr, total_steps, warmup_steps
     )
@@ -87,8 +88,8 @@ class TokenizerTask(loop.Task):
       )
     if self.use_align:
       width = dinov2.teacher_variant(loss.align.teacher_variant)[1]
-      self.projector = alignment.AlignProjector(hidden=loss.align.proj_dim, out_dim=width)
-    # Files were checked by configlib.validate. Loaded on the host, outside any trace
+      self.projector = AlignProjector(hidden=loss.align.proj_dim, out_dim=width)
+    # Files were checked by config.validate. Loaded on the host, outside any trace
     # (init_state is traced by eval_shape/jit).
     self._frozen = frozen_nets.load(config)
 
@@ -244,8 +245,8 @@ class TokenizerTask(loop.Task):
     if not path:
       logging.info("Tokenizer encoder: random init (set model.encoder_init to start from DINOv2)")
       return state
-    from softvq_jax.convert import io
-    from softvq_jax.convert.dinov2_init import init_encoder_from_dinov2
+    from softvq_jax.weights import io
+    from softvq_jax.weights.dinov2_init import init_encoder_from_dinov2
 
     sd = io.load_state_dict(path, "DINOv2 encoder weights", "model.encoder_init")
     enc = self.config.model.encoder

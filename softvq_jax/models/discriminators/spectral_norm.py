@@ -22,12 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from softvq_jax.models.functional import (
+  l2_normalize,
+  torch_default_bias_init,
+  torch_default_kernel_init,
+)
+
 Dtype = Any
 COLLECTION = "spectral"
-
-
-def _normalize(x: jax.Array, eps: float) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x), eps)
 
 
 def kernel_to_matrix(kernel: jax.Array) -> jax.Array:
@@ -44,8 +46,8 @@ def power_iteration(
   w_mat = jax.lax.stop_gradient(w_mat)
   v = None
   for _ in range(n_iter):
-    v = _normalize(w_mat.T @ u, eps)
-    u = _normalize(w_mat @ v, eps)
+    v = l2_normalize(w_mat.T @ u, eps=eps)
+    u = l2_normalize(w_mat @ v, eps=eps)
   return u, v
 
 
@@ -53,20 +55,6 @@ def spectral_sigma(w_mat: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
   """sigma = u . (W v); gradient through W only."""
   u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
   return jnp.dot(u, w_mat @ v)
-
-
-def torch_default_bias_init(fan_in: int):
-  """torch's default conv/linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-# torch default conv weight init (kaiming_uniform, a=sqrt(5)) = U(+-1/sqrt(fan_in)).
-torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 class SpectralConv(nn.Module):
@@ -138,7 +126,7 @@ class SpectralConv(nn.Module):
     def init_vec(n):
       def f():
         key = self.make_rng("params")
-        return _normalize(jax.random.normal(key, (n,), jnp.float32), self.eps)
+        return l2_normalize(jax.random.normal(key, (n,), jnp.float32), eps=self.eps)
 
       return f
 

@@ -13,29 +13,20 @@ Without a crop key (train=False) the input is always resized (the reference has 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
 
-from softvq_jax.convert import io
-from softvq_jax.convert.resample import _cubic
 from softvq_jax.models import vit
-from softvq_jax.models.frozen import vit_weights
+from softvq_jax.models.image_ops import area_matrix, bicubic_matrix, imagenet_normalize
 
 Dtype = Any
-CONFIG_KEY = "loss.disc.dino_path"
-WHAT = "DINO ViT-S/16 discriminator trunk weights"
 IMAGE_SIZE = 224
 PATCH_SIZE = 16
 TAPS = (2, 5, 8, 11)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # (depth, width, heads) of DINO ViT-S/16.
 DEPTH, WIDTH, HEADS = 12, 384, 6
 # loss.disc.dino_variant -> (depth, width, heads). "S" is the published ViT-S/16; "tiny" (random
@@ -44,36 +35,6 @@ TRUNK_VARIANTS = {"S": (DEPTH, WIDTH, HEADS), "tiny": (DEPTH, 32, 2)}
 
 
 # ----------------------------------------------------------------------------- input processing
-def imagenet_normalize(x: jax.Array) -> jax.Array:
-  """x (..., 3) in [-1, 1] -> ((x + 1) / 2 - mean) / std, float32."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(IMAGENET_STD, jnp.float32)
-  return (x.astype(jnp.float32) * 0.5 + 0.5 - mean) / std
-
-
-def area_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of torch 'area' interpolation (= adaptive average pooling)."""
-  w = np.zeros((n_out, n_in), np.float64)
-  for i in range(n_out):
-    s, e = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-    w[i, s:e] = 1.0 / (e - s)
-  return w
-
-
-def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of torch bicubic (a=-0.75, align_corners=False, no antialias)."""
-  scale = n_in / n_out
-  w = np.zeros((n_out, n_in), np.float64)
-  for i in range(n_out):
-    src = scale * (i + 0.5) - 0.5
-    f = int(np.floor(src))
-    t = src - f
-    for k in range(-1, 3):
-      j = min(max(f + k, 0), n_in - 1)  # border pixels are repeated
-      w[i, j] += _cubic(np.asarray(t - k), a=-0.75)
-  return w
-
-
 def resize_to(x: jax.Array, size: int) -> jax.Array:
   """(B, H, W, C) -> (B, size, size, C) as the reference: area if H > size, else bicubic."""
   h, w = x.shape[1:3]
@@ -176,67 +137,8 @@ def trunk_fn(
   return fn
 
 
-# ----------------------------------------------------------------------------- weights
-def _entries(depth: int):
-  return [
-    (("cls_token",), "cls_token", "id"),
-    (("pos_embed",), "pos_embed", "id"),
-    (("patch_embed", "proj", "kernel"), "patch_embed.proj.weight", "conv"),
-    (("patch_embed", "proj", "bias"), "patch_embed.proj.bias", "id"),
-    *vit_weights.block_entries(depth, layerscale=False, final_norm=False),
-  ]
-
-
 def abstract_params(depth: int = DEPTH, width: int = WIDTH, num_heads: int = HEADS):
   """ShapeDtypeStruct tree of the trunk's parameters."""
   model = DinoViT(depth, width, num_heads)
   x = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
-
-
-def params_from_state_dict(
-  sd: dict[str, np.ndarray], *, depth: int = DEPTH, width: int = WIDTH, num_heads: int = HEADS
-) -> dict[str, Any]:
-  """Official DINO / timm `vit_small_patch16_224.dino` state dict -> trunk params (numpy).
-
-  Extra `head.*` and the unused final `norm.*` are ignored; the qkv k-bias is zeroed.
-  """
-  sd = {k.removeprefix("module."): v for k, v in sd.items()}
-  entries = _entries(depth)
-  extra_blocks = tuple(f"blocks.{i}." for i in range(depth, 64))  # deeper blocks are unused
-  ignore = ("head.", "norm.", *extra_blocks)
-  vit_weights.check_keys(sd, [k for _, k, _ in entries], ignore, WHAT, CONFIG_KEY)
-  tree = vit_weights.to_tree(sd, entries)
-  vit_weights.check_shapes(tree, abstract_params(depth, width, num_heads), WHAT, CONFIG_KEY)
-  for i in range(depth):
-    bias = tree[f"blocks_{i}"]["attn"]["qkv"]["bias"]
-    c = bias.shape[0] // 3
-    bias[c : 2 * c] = 0.0  # the reference zeroes the k-bias (softmax is invariant to it)
-  return tree
-
-
-def load_dino_params(
-  path: str | os.PathLike | None,
-  *,
-  random_init: bool = False,
-  key: jax.Array | None = None,
-) -> dict[str, Any]:
-  """Frozen DINO ViT-S/16 params from `dino_deitsmall16_pretrain` (.safetensors, or .pth with
-  torch) or timm `vit_small_patch16_224.dino` safetensors.
-
-  A missing file raises WeightFileError naming `loss.disc.dino_path`, unless `random_init`
-  (`loss.random_init`, for tests / smoke runs), which returns random weights of the exact shapes
-  with a warning. Returned arrays are float32 numpy; pass them to the train step as a frozen
-  argument (never to an optimizer).
-  """
-  if random_init and not (path and os.path.isfile(os.path.expanduser(str(path)))):
-    logging.warning(
-      "DINO discriminator trunk: RANDOM weights (loss.random_init=True, %s=%r not found); "
-      "the GAN loss is meaningless for real training",
-      CONFIG_KEY,
-      path,
-    )
-    key = jax.random.key(0) if key is None else key
-    return vit_weights.random_like(abstract_params(), key)
-  sd = io.load_state_dict(path, WHAT, CONFIG_KEY)
-  return params_from_state_dict(sd)

@@ -3,7 +3,7 @@
 The reference builds `timm.create_model('vit_large_patch14_dinov2.lvd142m', pretrained=True,
 img_size=S, patch_size=16)`: timm resamples the 14x14 patch kernel to 16x16 (FlexiViT PI-resize)
 and the 37x37 position grid to (S/16)^2 (bicubic, antialiased, prefix slot kept) at load time,
-which `load_teacher_params` reproduces with `convert/resample.py`. Features are
+which `weights.dinov2.load_teacher_params` reproduces with `weights/resample.py`. Features are
 `forward_features(imagenet_normalise(x))[:, num_prefix_tokens:]`: all blocks, final LayerNorm,
 cls (and register) tokens dropped -> (B, (S/16)^2, C). Blocks are DINOv2's (LayerScale, LN eps
 1e-6, exact GELU; ViT-g uses a packed SwiGLU MLP). Register (reg4) checkpoints add prefix tokens
@@ -13,23 +13,16 @@ and a position grid without a cls slot (timm `no_embed_class=True`).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
 
-from softvq_jax.convert import io, resample
 from softvq_jax.models import vit
-from softvq_jax.models.frozen import vit_weights
-from softvq_jax.models.frozen.dino import imagenet_normalize
+from softvq_jax.models.image_ops import imagenet_normalize
 
 Dtype = Any
-CONFIG_KEY = "loss.align.teacher_path"
-WHAT = "DINOv2 alignment teacher weights"
 HEAD_DIM = 64  # every DINOv2 size uses 64-dim heads
 # loss.align.teacher_variant -> (depth, width, MLP hidden, SwiGLU MLP). "tiny" is for tests.
 TEACHER_VARIANTS = {
@@ -215,100 +208,9 @@ def teacher_dim(params) -> int:
   return int(params["cls_token"].shape[-1])
 
 
-# ----------------------------------------------------------------------------- weights
 def abstract_params(variant: str, grid: int, patch_size: int = 16, num_reg_tokens: int = 0):
   """ShapeDtypeStruct tree of a teacher's parameters."""
   depth, width, hidden, swiglu = teacher_variant(variant)
   model = DinoV2(grid, patch_size, depth, width, hidden, swiglu, num_reg_tokens)
   x = jnp.zeros((1, grid * patch_size, grid * patch_size, 3), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"]
-
-
-def _to_timm_layout(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """facebookresearch DINOv2 -> timm layout (as timm `_convert_dinov2`); timm files pass through."""
-  sd = {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
-  sd.pop("mask_token", None)
-  if "register_tokens" in sd:  # registers: timm keeps cls and reg out of the position grid
-    sd["reg_token"] = sd.pop("register_tokens")
-    sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]
-    sd["pos_embed"] = sd["pos_embed"][:, 1:]
-  out = {}
-  for k, v in sd.items():
-    if ".mlp.w12." in k:
-      k = k.replace(".mlp.w12.", ".mlp.fc1.")
-    elif ".mlp.w3." in k:
-      k = k.replace(".mlp.w3.", ".mlp.fc2.")
-    out[k] = v
-  return out
-
-
-def params_from_state_dict(
-  sd: dict[str, np.ndarray], *, variant: str = "L", image_size: int = 256, patch_size: int = 16
-) -> dict[str, Any]:
-  """timm-layout DINOv2 state dict -> teacher params at `patch_size` and `image_size` (numpy).
-
-  The patch kernel is PI-resized (14 -> 16) and the position grid resampled to
-  (image_size / patch_size)^2 as timm's pretrained loading does.
-  """
-  depth, width, _, _ = teacher_variant(variant)
-  if image_size % patch_size:
-    raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
-  sd = _to_timm_layout(sd)
-  if "cls_token" in sd and sd["cls_token"].shape[-1] != width:
-    w = sd["cls_token"].shape[-1]
-    found = [k for k, v in TEACHER_VARIANTS.items() if v[1] == w]
-    raise ValueError(
-      f"{WHAT} (config key `{CONFIG_KEY}`): the file has width {w} (variant {found or '?'}) "
-      f"but loss.align.teacher_variant={variant!r} needs width {width}; set the variant to match"
-    )
-  n_reg = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
-  entries = [
-    (("cls_token",), "cls_token", "id"),
-    (("pos_embed",), "pos_embed", "id"),
-    (("patch_embed", "proj", "kernel"), "patch_embed.proj.weight", "conv"),
-    (("patch_embed", "proj", "bias"), "patch_embed.proj.bias", "id"),
-    *vit_weights.block_entries(depth, layerscale=True, final_norm=True),
-  ]
-  if n_reg:
-    entries.append((("reg_token",), "reg_token", "id"))
-  vit_weights.check_keys(sd, [k for _, k, _ in entries], ("head.",), WHAT, CONFIG_KEY)
-  tree = vit_weights.to_tree(sd, entries)
-  grid = image_size // patch_size
-  kernel = tree["patch_embed"]["proj"]["kernel"]
-  kernel = resample.resample_patch_kernel(kernel, (patch_size, patch_size))
-  tree["patch_embed"]["proj"]["kernel"] = np.asarray(kernel, np.float32)
-  prefix = 0 if n_reg else 1
-  pos = resample.resample_pos_embed(tree["pos_embed"], (grid, grid), num_prefix_tokens=prefix)
-  tree["pos_embed"] = np.asarray(pos, np.float32)
-  expected = abstract_params(variant, grid, patch_size, n_reg)
-  vit_weights.check_shapes(tree, expected, WHAT, CONFIG_KEY)
-  return tree
-
-
-def load_teacher_params(
-  path: str | os.PathLike | None,
-  *,
-  variant: str = "L",
-  image_size: int = 256,
-  patch_size: int = 16,
-  random_init: bool = False,
-  key: jax.Array | None = None,
-) -> dict[str, Any]:
-  """Frozen DINOv2 teacher params (numpy f32) from timm `vit_*_patch14_dinov2.lvd142m`
-  `model.safetensors` (or the facebookresearch .pth with torch), for `image_size` inputs.
-
-  A missing file raises WeightFileError naming `loss.align.teacher_path`, unless `random_init`
-  (`loss.random_init`), which returns random weights of the variant's shapes with a warning.
-  """
-  if random_init and not (path and os.path.isfile(os.path.expanduser(str(path)))):
-    logging.warning(
-      "DINOv2 alignment teacher: RANDOM weights (loss.random_init=True, %s=%r not found); "
-      "the alignment loss is meaningless for real training",
-      CONFIG_KEY,
-      path,
-    )
-    key = jax.random.key(0) if key is None else key
-    shapes = abstract_params(variant, image_size // patch_size, patch_size)
-    return vit_weights.random_like(shapes, key)
-  sd = io.load_state_dict(path, WHAT, CONFIG_KEY)
-  return params_from_state_dict(sd, variant=variant, image_size=image_size, patch_size=patch_size)

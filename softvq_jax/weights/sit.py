@@ -13,10 +13,7 @@ way out). The model dir's config.json holds `{"model": generator_config(model), 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from softvq_jax.convert import io
 from softvq_jax.models.sit import MODELS, SiT
+from softvq_jax.weights import io
 
 Path = tuple[str, ...]
 # Model fields stored in (and rebuilt from) a model dir's config.json.
@@ -187,30 +184,3 @@ def sit_to_reference(params: Mapping[str, Any], model: SiT) -> dict[str, np.ndar
   out = {key: io.TO_TORCH[kind](np.asarray(flat[path])) for path, key, kind in entries}
   out["pos_embed"] = model.pos_embed()[None]
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-  """CLI flags of `python -m softvq_jax.convert sit`."""
-  p.add_argument("--config", required=True, help="reference SiT/DiT config.json (HF repo)")
-  p.add_argument("--weights", required=True, help="model.safetensors (or .npz, or .pth w/ torch)")
-  p.add_argument("--out", required=True, help="output model directory")
-  p.add_argument("--kind", choices=sorted(MODELS), default=None, help="default: from the config")
-  p.add_argument("--overwrite", action="store_true")
-
-
-def main_sit(args: argparse.Namespace | list[str]) -> pathlib.Path:
-  """Reference config.json + weights -> model dir (params + config.json with `model`)."""
-  from softvq_jax import checkpointing
-
-  if not isinstance(args, argparse.Namespace):
-    parser = argparse.ArgumentParser(prog="python -m softvq_jax.convert sit")
-    add_arguments(parser)
-    args = parser.parse_args(args)
-  cfg_path = io.require_file(args.config, "reference SiT config", "--config")
-  ref_config = json.loads(cfg_path.read_text())
-  state_dict = io.load_state_dict(args.weights, "reference SiT weights", "--weights")
-  model, params = sit_from_reference(ref_config, state_dict, getattr(args, "kind", None))
-  config = {"model": generator_config(model), "reference_config": ref_config}
-  out = checkpointing.save_model(args.out, params, config, overwrite=args.overwrite)
-  print(f"wrote {out}")
-  return out

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from softvq_jax.losses.diffaug import diff_augment
+from softvq_jax.objectives.diffaug import diff_augment
 
 DiscApply = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 

@@ -7,16 +7,11 @@ TF graph's: float [0, 255] images, TF1 bilinear resize to 299 (`align_corners=Fa
 centres), then (x - 128) / 128. Outputs: `pool` (pool_3, B x 2048), `spatial` (first 7 channels of
 mixed_6/conv = Mixed_6d.branch1x1, flattened in HWC order, B x 2023) and `logits` (B x 1008,
 pool @ softmax weights without bias, which is what ADM feeds its softmax).
-
-Converting the published torch file once (needs torch, on any machine):
-    import torch, safetensors.torch as st
-    sd = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu")
-    st.save_file({k: v.contiguous() for k, v in sd.items()}, "pt_inception-2015-12-05.safetensors")
+Its weights are read by `weights/inception.py`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softvq_jax.convert import io as wio
-
 Dtype = Any
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
@@ -34,8 +27,6 @@ POOL_DIM = 2048
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7]
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # 2023
 BN_EPS = 1e-3
-CONFIG_KEY = "eval.inception_path"
-WHAT = "FID Inception-v3 weights (pytorch-fid pt_inception-2015-12-05-6726825d)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,63 +311,6 @@ def apply_features(params: Mapping, images: jax.Array) -> dict[str, jax.Array]:
   return InceptionV3FID().apply({"params": params}, images)
 
 
-# ----------------------------------------------------------------------------------------------
-# Weights: pytorch-fid state dict <-> Flax params
-
-_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
-
-
-def _torch_key(path: tuple[str, ...]) -> str:
-  """Flax param path -> pytorch-fid state-dict key."""
-  if path == ("fc_kernel",):
-    return "fc.weight"
-  if path == ("fc_bias",):
-    return "fc.bias"
-  *mods, layer, leaf = path
-  if layer == "conv" and leaf == "kernel":
-    return ".".join(mods + ["conv", "weight"])
-  if layer == "bn":
-    inv = {v: k for k, v in _BN_NAMES.items()}
-    return ".".join(mods + ["bn", inv[leaf]])
-  raise KeyError(f"unexpected Inception parameter path {'/'.join(path)}")
-
-
-def _to_torch_layout(path: tuple[str, ...], x: np.ndarray) -> np.ndarray:
-  if path[-1] == "kernel":
-    return wio.conv_weight(x)  # HWIO -> OIHW
-  if path == ("fc_kernel",):
-    return wio.linear_weight(x)  # (2048, 1008) -> (1008, 2048)
-  return np.asarray(x)
-
-
-def _to_flax_layout(path: tuple[str, ...], x: np.ndarray) -> np.ndarray:
-  if path[-1] == "kernel":
-    return wio.conv_kernel(x)
-  if path == ("fc_kernel",):
-    return wio.linear_kernel(x)
-  return np.asarray(x)
-
-
 def param_shapes(model: InceptionV3FID | None = None) -> dict:
   """The Flax parameter tree of `model` as ShapeDtypeStructs (no allocation)."""
   model = model or InceptionV3FID()
@@ -384,44 +318,3 @@ def param_shapes(model: InceptionV3FID | None = None) -> dict:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))[
     "params"
   ]
-
-
-def torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
-  """Flax params -> pytorch-fid `FIDInceptionV3` state dict layout (OIHW convs, fc (1008, 2048))."""
-  return {
-    _torch_key(p): np.ascontiguousarray(_to_torch_layout(p, np.asarray(v)))
-    for p, v in _flatten(params).items()
-  }
-
-
-def params_from_torch_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
-  """pytorch-fid state dict -> Flax params; every key must be present with its exact shape."""
-  shapes = _flatten(param_shapes())
-  sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-  expected = {_torch_key(p): p for p in shapes}
-  missing = sorted(set(expected) - set(sd))
-  unexpected = sorted(set(sd) - set(expected))
-  if missing or unexpected:
-    raise ValueError(
-      f"{WHAT}: state dict does not match the FID Inception layout; missing {len(missing)} keys "
-      f"{missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]}"
-    )
-  flat = {}
-  for key, path in expected.items():
-    arr = _to_flax_layout(path, np.asarray(sd[key], dtype=np.float32))
-    if arr.shape != tuple(shapes[path].shape):
-      raise ValueError(
-        f"{WHAT}: {key} has shape {np.shape(sd[key])}, expected the Flax shape "
-        f"{tuple(shapes[path].shape)} after layout conversion"
-      )
-    flat[path] = arr
-  return _unflatten(flat)
-
-
-def load_inception_params(path: str | os.PathLike) -> dict:
-  """Loads the FID Inception weights (.safetensors/.npz, or .pth with torch) as Flax params.
-
-  A missing file raises WeightFileError naming it and the config key `eval.inception_path`.
-  """
-  sd = wio.load_state_dict(path, WHAT, CONFIG_KEY)
-  return params_from_torch_state_dict(sd)

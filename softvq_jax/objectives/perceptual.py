@@ -1,7 +1,7 @@
 """Perceptual (LPIPS-VGG16) loss as pure functions for the tokenizer trainer (SPEC §1.4).
 
 `params` = {"vgg": ..., "lin": ...} is the frozen LPIPS pytree from
-`softvq_jax.convert.lpips.load_lpips_params`; pass it to the jitted step as an argument (not a
+`softvq_jax.weights.lpips.load_lpips_params`; pass it to the jitted step as an argument (not a
 closure, so it is not baked into the executable as constants) and keep it out of the optimiser.
 It is stop_gradient'ed here; gradients flow to the images only.
 """

@@ -17,18 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from softvq_jax.convert import io
-from softvq_jax.convert.tokenizer import vit_key_map
+from softvq_jax.weights import io
+from softvq_jax.weights.tokenizer import vit_key_map
 
 _IGNORED = ("mask_token", "reg_token")
 
 
 def _resample():
   try:
-    from softvq_jax.convert import resample
+    from softvq_jax.weights import resample
   except ImportError as e:  # pragma: no cover - depends on the sibling module being present
     raise ImportError(
-      "resampling DINOv2 patch kernels / position grids needs softvq_jax.convert.resample "
+      "resampling DINOv2 patch kernels / position grids needs softvq_jax.weights.resample "
       "(resample_patch_kernel, resample_pos_embed)"
     ) from e
   return resample

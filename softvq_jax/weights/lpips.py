@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from softvq_jax.convert import io as wio
 from softvq_jax.models.frozen.vgg import LPIPS, SCALE, SHIFT, TAP_CHANNELS, VGG16_CONVS
+from softvq_jax.weights import io as wio
 
 VGG_CONFIG_KEY = "loss.lpips_vgg_path"
 LIN_CONFIG_KEY = "loss.lpips_lin_path"

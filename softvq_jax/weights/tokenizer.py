@@ -21,14 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from softvq_jax.convert import io
-from softvq_jax.convert.reference_config import (
+from softvq_jax.models import factory, rope
+from softvq_jax.models.tokenizer import Tokenizer
+from softvq_jax.weights import io
+from softvq_jax.weights.reference_config import (
   MODEL_CLASSES,
   flatten_reference_config,
   reference_to_model_config,
 )
-from softvq_jax.models import factory, rope
-from softvq_jax.models.tokenizer import Tokenizer
 
 Path = tuple[str, ...]
 _DROP_PREFIXES = ("repa_model.", "projection.")
@@ -244,7 +244,7 @@ def load_reference_tokenizer(config_path, weights_path) -> tuple[Tokenizer, dict
   """
   import json
 
-  from softvq_jax.convert.reference_config import reference_to_model_config
+  from softvq_jax.weights.reference_config import reference_to_model_config
 
   cfg_path = io.require_file(config_path, "reference tokenizer config", "--config")
   ref_config = json.loads(cfg_path.read_text())

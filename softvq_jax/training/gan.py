@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from softvq_jax.losses import adversarial
 from softvq_jax.models import discriminators
+from softvq_jax.objectives import adversarial
 
 
 def build(disc_cfg, dtype=jnp.float32):

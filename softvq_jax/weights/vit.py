@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from softvq_jax.convert import io
-from softvq_jax.convert.tokenizer import vit_key_map
+from softvq_jax.weights import io
+from softvq_jax.weights.tokenizer import vit_key_map
 
 Path = tuple[str, ...]
 

@@ -1,7 +1,7 @@
 """REPA-style alignment of the latent tokens to frozen teacher features (reference VQModel.encode).
 
-`AlignProjector` is the trainable MLP Dense(D->h)-SiLU-Dense(h->h)-SiLU-Dense(h->C) (reference
-`build_mlp`, h = `loss.align.proj_dim`, torch-default init); it lives in the tokenizer params.
+The projector (`models/projector.py`, an MLP D->h->h->C, reference `build_mlp`) maps the latents
+to the teacher width; it is trained with the tokenizer and kept in the train state's `extra`.
 `alignment_loss` is -cos(projected latents, teacher tokens), averaged over tokens and batch
 (unweighted; the trainer multiplies by `loss.align.weight`). Modes (`loss.align.mode`):
 - 'repeat' (the recipe): projected token l is compared with teacher tokens l*N/L ... (l+1)*N/L-1
@@ -15,57 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from softvq_jax.models.discriminators.spectral_norm import (
-  torch_default_bias_init,
-  torch_default_kernel_init,
-)
-from softvq_jax.models.frozen.dino import area_matrix
+from softvq_jax.models.functional import l2_normalize
+from softvq_jax.models.image_ops import area_matrix
+from softvq_jax.models.projector import check_mode
 
 Dtype = Any
-ALIGN_MODES = ("repeat", "global", "avg_1d", "avg_1d_shuffle")
-
-
-def _check_mode(mode: str) -> None:
-  if mode not in ALIGN_MODES:
-    raise ValueError(f"loss.align.mode: unknown alignment mode {mode!r}, choose from {ALIGN_MODES}")
-
-
-class AlignProjector(nn.Module):
-  """z_q (B, L, D) -> (B, L, out_dim); with mode='global' the token mean -> (B, 1, out_dim)."""
-
-  hidden: int = 1024
-  out_dim: int = 1024
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, z: jax.Array, mode: str = "repeat") -> jax.Array:
-    _check_mode(mode)
-    if mode == "global":
-      z = jnp.mean(z.astype(jnp.float32), axis=1, keepdims=True)
-    h = z.astype(self.dtype)
-    for i, n in enumerate((self.hidden, self.hidden, self.out_dim)):
-      h = nn.Dense(
-        n,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=torch_default_kernel_init,
-        bias_init=torch_default_bias_init(h.shape[-1]),
-        name=f"fc{i + 1}",
-      )(h)
-      if i < 2:
-        h = nn.silu(h)
-    return h.astype(jnp.float32)
-
-
-def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """torch F.normalize: x / max(||x||, eps) over the last axis."""
-  n = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(n, eps)
 
 
 def alignment_loss(
@@ -75,7 +32,7 @@ def alignment_loss(
 
   `key` is needed by 'avg_1d_shuffle' only. Returns a float32 scalar (unweighted).
   """
-  _check_mode(mode)
+  check_mode(mode)
   z = z_proj.astype(jnp.float32)
   t = jax.lax.stop_gradient(teacher).astype(jnp.float32)
   (b, nl, c), n = z.shape, t.shape[1]
@@ -105,5 +62,5 @@ def alignment_loss(
       t = t[:, jax.random.permutation(key, n)]
     pool = jnp.asarray(area_matrix(n, nl), jnp.float32)  # torch adaptive_avg_pool1d
     t = jnp.einsum("ln,bnc->blc", pool, t, precision=jax.lax.Precision.HIGHEST)
-  cos = jnp.sum(_normalize(z) * _normalize(t), axis=-1)  # (B, L or N)
+  cos = jnp.sum(l2_normalize(z) * l2_normalize(t), axis=-1)  # (B, L or N)
   return -jnp.mean(cos)

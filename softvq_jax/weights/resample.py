@@ -16,14 +16,7 @@ import math
 
 import numpy as np
 
-
-def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-  x = np.abs(x)
-  return np.where(
-    x < 1,
-    ((a + 2) * x - (a + 3)) * x * x + 1,
-    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0),
-  )
+from softvq_jax.models.image_ops import cubic_kernel
 
 
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -37,7 +30,7 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     lo = max(int(center - support + 0.5), 0)
     hi = min(int(center + support + 0.5), n_in)
     j = np.arange(lo, hi)
-    k = _cubic((j - center + 0.5) / support_scale)
+    k = cubic_kernel((j - center + 0.5) / support_scale)
     w[i, lo:hi] = k / k.sum()
   return w
 

@@ -1,0 +1,123 @@
+"""Command-line converters between released reference checkpoints and softvq_jax model dirs.
+
+  python -m softvq_jax.convert tokenizer --config config.json --weights model.safetensors --out DIR
+  python -m softvq_jax.convert tokenizer-to-reference --checkpoint DIR --out model.safetensors
+  python -m softvq_jax.convert sit --config config.json --weights model.safetensors --out DIR
+
+Weights are read with `softvq_jax.weights.io.load_state_dict` (safetensors/npz; no torch needed);
+model dirs are written/read with `softvq_jax.checkpointing.save_model` / `load_model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from absl import logging
+
+from softvq_jax.weights import sit
+
+
+def main_tokenizer(args: argparse.Namespace) -> pathlib.Path:
+  """Reference config.json + weights -> an exported model dir (params + config.json)."""
+  from softvq_jax import checkpointing
+  from softvq_jax.weights.tokenizer import load_reference_tokenizer
+
+  _, params, config = load_reference_tokenizer(args.config, args.weights)
+  out = checkpointing.save_model(args.out, params, config, overwrite=args.overwrite)
+  print(f"wrote {out}")
+  return out
+
+
+def main_tokenizer_to_reference(args: argparse.Namespace) -> pathlib.Path:
+  """Exported model dir -> reference safetensors + config.json beside it."""
+  from softvq_jax import checkpointing
+  from softvq_jax.weights import io
+  from softvq_jax.weights.reference_config import model_to_reference_config
+  from softvq_jax.weights.tokenizer import tokenizer_to_reference
+
+  params, config = checkpointing.load_model(args.checkpoint)
+  ref_config = config.get("reference_config")
+  if ref_config:  # the original reference config, with the (possibly re-measured) latent stats
+    ref_config = json.loads(json.dumps(ref_config))
+    args_ = ref_config.get("model_args", ref_config)
+    for key in ("vq_mean", "vq_std"):
+      if key in config["model"]:
+        args_[key] = config["model"][key]
+  else:
+    ref_config = model_to_reference_config(config)
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  io.save_safetensors(tokenizer_to_reference(params, ref_config), out)
+  cfg_out = out.parent / "config.json"
+  cfg_out.write_text(json.dumps(ref_config, indent=2))
+  print(f"wrote {out} and {cfg_out}")
+  return out
+
+
+def add_sit_arguments(p: argparse.ArgumentParser) -> None:
+  """Flags of `python -m softvq_jax.convert sit`."""
+  p.add_argument("--config", required=True, help="reference SiT/DiT config.json (HF repo)")
+  p.add_argument("--weights", required=True, help="model.safetensors (.npz; .pth w/ torch)")
+  p.add_argument("--out", required=True, help="output model directory")
+  p.add_argument(
+    "--kind", choices=sorted(sit.MODELS), default=None, help="default: from the config"
+  )
+  p.add_argument("--overwrite", action="store_true")
+
+
+def main_sit(args: argparse.Namespace | list[str]) -> pathlib.Path:
+  """Reference config.json + weights -> model dir (params + config.json with `model`)."""
+  from softvq_jax import checkpointing
+  from softvq_jax.weights import io
+
+  if not isinstance(args, argparse.Namespace):
+    parser = argparse.ArgumentParser(prog="python -m softvq_jax.convert sit")
+    add_sit_arguments(parser)
+    args = parser.parse_args(args)
+  cfg_path = io.require_file(args.config, "reference SiT config", "--config")
+  ref_config = json.loads(cfg_path.read_text())
+  state_dict = io.load_state_dict(args.weights, "reference SiT weights", "--weights")
+  model, params = sit.sit_from_reference(ref_config, state_dict, getattr(args, "kind", None))
+  config = {"model": sit.generator_config(model), "reference_config": ref_config}
+  out = checkpointing.save_model(args.out, params, config, overwrite=args.overwrite)
+  print(f"wrote {out}")
+  return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="python -m softvq_jax.convert",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("tokenizer", help="reference SoftVQ checkpoint -> softvq_jax model dir")
+  p.add_argument("--config", required=True, help="reference config.json (HF SoftVQVAE/* repo)")
+  p.add_argument("--weights", required=True, help="model.safetensors (or .npz)")
+  p.add_argument("--out", required=True, help="output model directory")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=main_tokenizer)
+  p = sub.add_parser("tokenizer-to-reference", help="softvq_jax model dir -> reference safetensors")
+  p.add_argument("--checkpoint", required=True, help="model dir written by save_model")
+  p.add_argument("--out", required=True, help="output .safetensors (config.json goes beside it)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=main_tokenizer_to_reference)
+  p = sub.add_parser("sit", help="reference SiT/DiT checkpoint -> softvq_jax model dir")
+  add_sit_arguments(p)
+  p.set_defaults(func=main_sit)
+  return parser
+
+
+def main(argv: list[str] | None = None):
+  """Parses `argv` (default sys.argv[1:]) and runs the chosen subcommand; returns its result."""
+  logging.set_verbosity(logging.INFO)
+  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Image sources behind the one pipeline contract: bundled photos, folders, TFDS ImageNet."""
