@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from softvq_jax.utils.files import replace_dir
+
 ITEMS = ("params", "ema_params", "train")
 
 
@@ -186,14 +188,7 @@ def save_model(out_dir: str | os.PathLike, params: Any, config: Any, *, overwrit
     ckptr.save(tmp / "params", jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
     (tmp / "config.json").write_text(json.dumps(_to_json(config), indent=2, sort_keys=True))
-    if out.exists():
-      backup = out.with_name(f".{out.name}.old")
-      shutil.rmtree(backup, ignore_errors=True)
-      out.rename(backup)
-      tmp.rename(out)
-      shutil.rmtree(backup, ignore_errors=True)
-    else:
-      tmp.rename(out)
+    replace_dir(tmp, out)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   logging.info("Saved model to %s", out)

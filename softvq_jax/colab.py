@@ -41,7 +41,7 @@ def _to_pil(item: Any) -> Image.Image:
     return Image.open(io.BytesIO(item))
   if isinstance(item, (str, os.PathLike)):
     return Image.open(item)
-  return Image.fromarray(image_utils.as_uint8(np.asarray(item)))
+  return Image.fromarray(image_utils.to_uint8(np.asarray(item), rounding="round"))
 
 
 def prepare_images(items: Iterable[Any], image_size: int) -> np.ndarray:
@@ -72,15 +72,13 @@ def upload_images() -> list[Image.Image]:
 def reconstruct(
   tokenizer: pretrained.PretrainedTokenizer, images: np.ndarray, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
-  """float [-1, 1] images -> (originals, reconstructions) as uint8 (N, S, S, 3)."""
-  from softvq_jax.evaluation import image_metrics
-
+  """float [-1, 1] images -> (originals, reconstructions) as uint8 (N, S, S, 3), ADM rounding."""
   recs = []
   for i in range(0, len(images), batch_size):
     z, _ = tokenizer.encode(images[i : i + batch_size])
     recs.append(np.asarray(tokenizer.decode(z)))
   rec = np.concatenate(recs)
-  return image_metrics.to_uint8(images), image_metrics.to_uint8(rec)
+  return image_utils.to_uint8(images), image_utils.to_uint8(rec)
 
 
 def image_metrics_table(originals: np.ndarray, reconstructions: np.ndarray) -> dict[str, list]:
@@ -124,12 +122,12 @@ def rfid(
   """
   import ml_collections
 
-  from softvq_jax.evaluation import common, reconstruction
+  from softvq_jax.evaluation import common, tokenizer_eval
 
   cfg = {"name": data, "num_workers": 2, "prefetch": 2}
   if data_path:
     cfg.update(path=data_path, eval_path=data_path)
-  return reconstruction.evaluate_tokenizer(
+  return tokenizer_eval.evaluate_tokenizer(
     tokenizer,
     out_dir,
     data_cfg=ml_collections.ConfigDict(cfg),

@@ -4,12 +4,16 @@ The mesh has two named axes, `data` (pure data parallelism: parameters replicate
 (batch split as well, large parameters and optimizer state sharded along their largest dimension
 divisible by the axis size). Model code carries no annotations: shardings come from
 `param_shardings`, and XLA's SPMD partitioner inserts the collectives.
+
+`local_mesh` + `local_batch_fn` are the per-process variant for host-driven work (feature
+extraction, encoding a dataset): a 1-D mesh over this process's devices and a function of a host
+batch split over it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -18,6 +22,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
+LOCAL_AXIS = "batch"  # the one axis of `local_mesh`
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -103,3 +108,36 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     raise ValueError(
       f"batch_size={global_batch_size} is not divisible by the {jax.process_count()} processes"
     )
+
+
+def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh (axis "batch") over `devices`, default this process's devices."""
+  devices = list(devices if devices is not None else jax.local_devices())
+  return Mesh(np.asarray(devices), (LOCAL_AXIS,))
+
+
+def local_batch_fn(
+  apply: Callable[[Any, Any], Any], params: Any, mesh: Mesh | None = None
+) -> Callable[[np.ndarray], Any]:
+  """Host batch (n, ...) -> `apply(params, batch)` as a pytree of (n, ...) np.ndarrays.
+
+  Runs on a `local_mesh` (default: all local devices): `params` are replicated once, the batch is
+  padded (repeating its last row) to a multiple of the mesh size and split over it, and the
+  padding is dropped from every output leaf. One compilation per batch shape.
+  """
+  mesh = mesh or local_mesh()
+  size = mesh.devices.size
+  split = NamedSharding(mesh, P(LOCAL_AXIS))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  fn = jax.jit(apply, out_shardings=split)
+
+  def run(batch: np.ndarray) -> Any:
+    batch = np.asarray(batch)
+    n = len(batch)
+    pad = -n % size
+    if pad:
+      batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
+    out = fn(params, jax.device_put(batch, split))
+    return jax.tree.map(lambda v: np.asarray(v)[:n], out)
+
+  return run

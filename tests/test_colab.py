@@ -8,10 +8,9 @@ from tiny_models import TOKENIZER_SIZE as S
 from tiny_models import save_tiny_tokenizer
 
 from softvq_jax import checkpointing, colab
-from softvq_jax.convert import tokenizer_to_reference
 from softvq_jax.evaluation import image_metrics
 from softvq_jax.weights import io as wio
-from softvq_jax.weights import pretrained
+from softvq_jax.weights import pretrained, tokenizer_to_reference
 from softvq_jax.weights.reference_config import model_to_reference_config
 
 

@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from softvq_jax.convert import (
+from softvq_jax.models.factory import abstract_params, build_tokenizer, resolve_vit
+from softvq_jax.weights import io as cio
+from softvq_jax.weights import (
   model_to_reference_config,
   reference_to_model_config,
   tokenizer_from_reference,
   tokenizer_to_reference,
 )
-from softvq_jax.models.factory import abstract_params, build_tokenizer, resolve_vit
-from softvq_jax.weights import io as cio
 from softvq_jax.weights.tokenizer import infer_quantizer_name
 
 FIXTURES_DIR = pathlib.Path(__file__).parent / "fixtures"

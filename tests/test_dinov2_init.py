@@ -6,9 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from softvq_jax.convert import init_encoder_from_dinov2
 from softvq_jax.models.factory import abstract_params, build_tokenizer
-from softvq_jax.weights import resample
+from softvq_jax.weights import init_encoder_from_dinov2, resample
 
 W, DEPTH = 64, 1
 

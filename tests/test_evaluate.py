@@ -15,7 +15,7 @@ from PIL import Image
 from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 
 from softvq_jax import data
-from softvq_jax.evaluation import common, image_metrics, metrics, reconstruction
+from softvq_jax.evaluation import common, image_metrics, metrics, reconstruction, tokenizer_eval
 from softvq_jax.weights import pretrained
 
 S = TOKENIZER_SIZE
@@ -44,7 +44,7 @@ def photos_cfg():
 
 def _eval_images(num_images: int, crops: int = 4) -> np.ndarray:
   ev = data.build_eval_data(
-    reconstruction.eval_data_config(photos_cfg(), "validation", crops), image_size=S, batch_size=8
+    tokenizer_eval.eval_data_config(photos_cfg(), "validation", crops), image_size=S, batch_size=8
   )
   x = np.concatenate([b["image"][b["mask"]] for b in ev.iterator()])
   return x[:num_images]
@@ -62,7 +62,7 @@ def _fid(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_tokenizer_eval_on_photos_matches_independent_numpy(tmp_path, model_dir):
   out = tmp_path / "eval"
-  summary = reconstruction.evaluate_tokenizer(
+  summary = tokenizer_eval.evaluate_tokenizer(
     model_dir,
     out,
     data_cfg=photos_cfg(),
@@ -106,7 +106,7 @@ def test_tokenizer_eval_on_photos_matches_independent_numpy(tmp_path, model_dir)
 
 
 def test_identity_round_trip_gives_zero_rfid(tmp_path, model_dir):
-  summary = reconstruction.evaluate_tokenizer(
+  summary = tokenizer_eval.evaluate_tokenizer(
     model_dir,
     tmp_path,
     data_cfg=photos_cfg(),
@@ -175,9 +175,9 @@ def test_inception_feature_path(model_dir):
 
 def test_missing_inception_weights_name_the_flag(tmp_path, model_dir):
   with pytest.raises(ValueError, match="--inception"):
-    reconstruction.evaluate_tokenizer(model_dir, tmp_path, data_cfg=photos_cfg())
+    tokenizer_eval.evaluate_tokenizer(model_dir, tmp_path, data_cfg=photos_cfg())
   with pytest.raises(FileNotFoundError, match="inception_path"):
-    reconstruction.evaluate_tokenizer(
+    tokenizer_eval.evaluate_tokenizer(
       model_dir, tmp_path, data_cfg=photos_cfg(), inception_path=str(tmp_path / "none.pth")
     )
 
@@ -230,9 +230,9 @@ def test_lpips_branch_matches_lpips(model_dir):
   ref = perceptual.lpips(lp_params, to_f(out["original"]), to_f(out["reconstruction"]))
   np.testing.assert_allclose(out["lpips"], np.asarray(ref).reshape(-1), rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="--lpips_lin"):
-    reconstruction.lpips_components("vgg.safetensors", None)
+    tokenizer_eval.lpips_components("vgg.safetensors", None)
   with pytest.raises(FileNotFoundError, match="lpips_lin_path"):
-    reconstruction.lpips_components(None, "missing_lin.pth")
+    tokenizer_eval.lpips_components(None, "missing_lin.pth")
 
 
 def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):
@@ -244,7 +244,7 @@ def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):
   cfg = ml_collections.ConfigDict(
     dict(name="imagenet", data_dir=str(data_dir), manual_dir="", num_workers=1, prefetch=1)
   )
-  summary = reconstruction.evaluate_tokenizer(
+  summary = tokenizer_eval.evaluate_tokenizer(
     model_dir,
     tmp_path / "out",
     data_cfg=cfg,
@@ -255,7 +255,7 @@ def test_tokenizer_eval_on_fake_imagenet_validation(tmp_path, model_dir):
   assert summary["num_images"] == 5 and summary["split"] == "validation"
   # The same 5 validation images, ADM center crop, through the tokenizer independently.
   ev = data.build_eval_data(
-    reconstruction.eval_data_config(cfg, "validation", 1), image_size=S, batch_size=8
+    tokenizer_eval.eval_data_config(cfg, "validation", 1), image_size=S, batch_size=8
   )
   x = np.concatenate([b["image"][b["mask"]] for b in ev.iterator()])
   tok = pretrained.load_tokenizer(model_dir)

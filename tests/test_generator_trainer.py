@@ -5,7 +5,8 @@ written with `latents.write_cache`) stand in for the real ones; a tiny SiT train
 on 8 CPU devices. Checks: the eval loss goes down, the resolved latent settings are recorded in
 the checkpoint config, sample grids are written, `load_generator` + `generate` give uint8 images
 that do not depend on the batch size, and `python -m softvq_jax.sample` writes PNGs and an ADM
-npz. DiT: a few steps of the diffusion loss through the same task.
+npz. DiT: a few steps of the diffusion loss through the same task. `latents_online`: the task
+builds its own data (training/online_latents.py) and trains on the photos encoded on the fly.
 """
 
 import json
@@ -21,7 +22,7 @@ from softvq_jax.config import defaults
 from softvq_jax.config.validate import ConfigError, validate
 from softvq_jax.data import latents
 from softvq_jax.sampling import generate as g
-from softvq_jax.training import loop
+from softvq_jax.training import loop, online_latents
 from softvq_jax.training.generator import GeneratorTask
 
 S, L, D = TOKENIZER_SIZE, 8, 4  # tiny_models' tokenizer
@@ -148,6 +149,25 @@ def test_dit_task_trains(setup, tmp_path):
     gen, [0, 1], g.SamplerSettings(sampler="diffusion", steps=3, cfg_scale=1.5)
   )
   assert im.shape == (2, S, S, 3)
+
+
+def test_online_latents_through_the_generator_task(setup, tmp_path):
+  root, tok_dir, _ = setup
+  c = _config(root, steps=2)
+  c.data.name, c.data.tokenizer, c.data.image_source = "latents_online", str(tok_dir), "photos"
+  c.model.num_classes = 10  # photo labels are the image index (0..8)
+  c.eval_every = c.image_every = 2
+  validate(c)
+  train, ev = GeneratorTask.build_data(c)  # data/ alone refuses latents_online
+  assert isinstance(train, online_latents.OnlineLatentTrainData) and train.num_examples == 9
+  assert isinstance(ev, online_latents.OnlineLatentEvalData) and ev.num_examples == 2
+  b = train.batch(0)
+  assert b["latent"].shape == (16, L, D) and b["latent"].dtype == np.float32
+  summary = loop.train(GeneratorTask, c, str(tmp_path / "online"))
+  assert np.isfinite(summary["final_eval"]["eval/raw_loss"])
+  m = checkpointing.read_checkpoint_config(tmp_path / "online")["model"]
+  assert (m["num_tokens"], m["dim"]) == (L, D)
+  assert pathlib.Path(m["tokenizer"]) == pathlib.Path(tok_dir)
 
 
 def test_config_validation(setup):

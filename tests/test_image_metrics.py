@@ -1,5 +1,7 @@
 """PSNR/SSIM/MSE against scikit-image, uint8 conversion, grids and PNG writing."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage.data
@@ -55,15 +57,35 @@ def test_to_uint8_rounds_like_the_reference():
   expected = np.clip(127.5 * x + 128, 0, 255).astype(np.uint8)  # .to(uint8) truncation
   np.testing.assert_array_equal(image_metrics.to_uint8(x), expected)
   assert image_metrics.to_uint8(np.array([0.0]))[0] == 128
+  assert image_metrics.to_uint8 is images.to_uint8  # one implementation, ADM by default
+
+
+def test_to_uint8_modes_host_and_device():
+  x = np.random.default_rng(0).uniform(-1.2, 1.2, (4000,)).astype(np.float32)
+  # Each mode's exact formula (float32 throughout), as its callers had it.
+  adm = np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8)
+  rnd = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(images.to_uint8(x), adm)
+  np.testing.assert_array_equal(images.to_uint8(x, rounding="round"), rnd)
+  assert np.abs(adm.astype(int) - rnd.astype(int)).max() <= 1
+  for rounding, want in (("adm", adm), ("round", rnd)):
+    dev = jax.jit(lambda v, r=rounding: images.to_uint8(v, jnp, rounding=r))(jnp.asarray(x))
+    assert dev.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(dev), want)  # host and device agree
+  u8 = np.arange(256, dtype=np.uint8)
+  assert images.to_uint8(u8) is u8 and images.to_uint8(u8, rounding="round") is u8
+  assert isinstance(images.to_uint8(jnp.asarray(x)), np.ndarray)  # xp=np: a host array
+  with pytest.raises(ValueError, match="rounding"):
+    images.to_uint8(x, rounding="floor")
 
 
 def test_grid_and_atomic_png(tmp_path):
   ims = np.linspace(-1, 1, 5 * 8 * 6 * 3).reshape(5, 8, 6, 3)
   grid = images.make_grid(ims, ncols=2, pad=1)
   assert grid.shape == (3 * 9 + 1, 2 * 7 + 1, 3) and grid.dtype == np.uint8
-  np.testing.assert_array_equal(grid[1:9, 8:14], images.as_uint8(ims[1]))
+  np.testing.assert_array_equal(grid[1:9, 8:14], images.to_uint8(ims[1], rounding="round"))
   pairs = images.side_by_side(ims[:2], -ims[:2], ncols=2)
-  np.testing.assert_array_equal(pairs[2:10, 10:16], images.as_uint8(-ims[0]))
+  np.testing.assert_array_equal(pairs[2:10, 10:16], images.to_uint8(-ims[0], rounding="round"))
   path = images.save_png(tmp_path / "a" / "g.png", grid)
   np.testing.assert_array_equal(np.asarray(Image.open(path)), grid)
   assert [p.name for p in path.parent.iterdir()] == ["g.png"]

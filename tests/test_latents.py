@@ -1,6 +1,8 @@
 """Latent caching: cached z_q equal direct encodes, statistics, the TrainData contract, atomicity.
 
-A tiny random tokenizer (32px, L=8, D=4) is saved as a model dir and encodes the bundled photos.
+A tiny random tokenizer (32px, L=8, D=4) is saved as a model dir and encodes the bundled photos
+(the cache writer, data/latents/, takes its encode function from training/online_latents.py,
+as does the online encoder).
 """
 
 import os
@@ -17,6 +19,7 @@ from tiny_models import TOKENIZER_SIZE, save_tiny_tokenizer
 from softvq_jax import data
 from softvq_jax.data import latents, preprocess
 from softvq_jax.data.sources.photos import PhotoSource
+from softvq_jax.training import online_latents
 from softvq_jax.weights import pretrained
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -38,7 +41,7 @@ def tok(tok_dir):
 def cache_f32(tok, tok_dir, tmp_path_factory):
   """float32 cache of the 9 training photos in 3 shards."""
   out = tmp_path_factory.mktemp("cache") / "photos_f32"
-  info = latents.encode_dataset(
+  info = online_latents.encode_with_tokenizer(
     tok,
     PhotoSource("train"),
     out,
@@ -170,7 +173,9 @@ def test_multiprocess_encode_resume_and_incomplete_errors(tok, tok_dir, cache_f3
   kw["examples_per_shard"] = 3
   # process 0 of 2 writes shard 0 (shards 0..2 split as [0], [1, 2]); the cache is not complete
   assert (
-    latents.encode_dataset(tok, PhotoSource("train"), out, process_index=0, process_count=2, **kw)
+    online_latents.encode_with_tokenizer(
+      tok, PhotoSource("train"), out, process_index=0, process_count=2, **kw
+    )
     is None
   )
   partial = out.with_name("mp.incomplete")
@@ -185,11 +190,13 @@ def test_multiprocess_encode_resume_and_incomplete_errors(tok, tok_dir, cache_f3
     latents.cache_info(tmp_path / "nothing")
   # a different setting does not silently mix into the partial cache
   with pytest.raises(latents.CacheConflictError, match="dtype"):
-    latents.encode_dataset(tok, PhotoSource("train"), out, **dict(kw, dtype="bfloat16"))
+    online_latents.encode_with_tokenizer(
+      tok, PhotoSource("train"), out, **dict(kw, dtype="bfloat16")
+    )
   # process 1 (or a resumed single process) completes it without redoing shard 0
   shard0 = partial / "latents-train.array_record-00000-of-00003"
   os.utime(shard0, (1, 1))
-  info = latents.encode_dataset(
+  info = online_latents.encode_with_tokenizer(
     tok, PhotoSource("train"), out, process_index=1, process_count=2, **kw
   )
   assert info is not None and not partial.exists()
@@ -202,9 +209,9 @@ def test_multiprocess_encode_resume_and_incomplete_errors(tok, tok_dir, cache_f3
   )
   # complete caches are not overwritten unless asked
   with pytest.raises(FileExistsError, match="--overwrite"):
-    latents.encode_dataset(tok, PhotoSource("train"), out, **kw)
+    online_latents.encode_with_tokenizer(tok, PhotoSource("train"), out, **kw)
   kw["max_examples"] = 4
-  info = latents.encode_dataset(tok, PhotoSource("train"), out, overwrite=True, **kw)
+  info = online_latents.encode_with_tokenizer(tok, PhotoSource("train"), out, overwrite=True, **kw)
   assert info["num_examples"] == 4 and len(latents.LatentSource(out)) == 4
   # a deleted shard is detected
   (out / info["shards"][0]["file"]).unlink()
@@ -242,13 +249,18 @@ def test_cli_end_to_end_bfloat16(tok_dir, cache_f32, tmp_path):
   assert r.returncode != 0 and "pass --overwrite" in r.stderr
 
 
+def _online_cfg(tok_dir, **kw):
+  return ml_collections.ConfigDict(
+    dict(name="latents_online", tokenizer=str(tok_dir), image_source="photos", num_workers=2, **kw)
+  )
+
+
 def test_online_fallback_matches_the_cache(cache_f32, tok_dir):
   cached = data.build_train_data(_latent_cfg(cache_f32), global_batch=4, seed=2)
-  online_cfg = ml_collections.ConfigDict(
-    dict(name="latents_online", tokenizer=str(tok_dir), image_source="photos", num_workers=2)
-  )
-  online = data.build_train_data(online_cfg, global_batch=4, seed=2)
-  assert isinstance(online, latents.OnlineLatentTrainData) and online.num_examples == 9
+  online_cfg = _online_cfg(tok_dir)
+  online = online_latents.build_train_data(online_cfg, global_batch=4, seed=2)
+  assert isinstance(online, online_latents.OnlineLatentTrainData) and online.num_examples == 9
+  assert isinstance(online, latents.LatentTrainData)  # its example order and flip selection
   it_c, it_o = cached.iterator(1), online.iterator(1)
   for _ in range(3):  # 12 samples: crosses an epoch, both flip variants
     a, b = next(it_c), next(it_o)
@@ -256,9 +268,75 @@ def test_online_fallback_matches_the_cache(cache_f32, tok_dir):
     np.testing.assert_allclose(b["latent"], a["latent"], atol=1e-5, rtol=1e-5)
   it_c.close()
   it_o.close()
-  ev = data.build_eval_data(online_cfg, batch_size=4)
+  flips = np.concatenate([online.selection(s)[1] for s in range(1, 4)])
+  assert 0 < flips.sum() < len(flips)
+  # without random flips: the center crops, in the same order
+  noflip = online_latents.build_train_data(
+    _online_cfg(tok_dir, random_flip=False), global_batch=4, seed=2
+  )
+  ref = data.build_train_data(_latent_cfg(cache_f32, random_flip=False), global_batch=4, seed=2)
+  a, b = ref.batch(2), noflip.batch(2)
+  np.testing.assert_array_equal(a["label"], b["label"])
+  np.testing.assert_allclose(b["latent"], a["latent"], atol=1e-5, rtol=1e-5)
+  ev = online_latents.build_eval_data(online_cfg, batch_size=4)
   batches = list(ev.iterator())
   assert ev.num_examples == 2 and len(batches) == 1 and batches[0]["mask"].sum() == 2
+  # data/ cannot build it (no model code there) and says who does
+  for build in (
+    lambda: data.build_train_data(online_cfg, global_batch=4, seed=2),
+    lambda: data.build_eval_data(online_cfg, batch_size=4),
+  ):
+    with pytest.raises(ValueError, match="generator task.*online_latents"):
+      build()
+
+
+def test_online_eval_matches_a_cache_of_the_eval_split(tok, tok_dir, tmp_path):
+  out = tmp_path / "eval_cache"
+  info = online_latents.encode_with_tokenizer(
+    tok, PhotoSource("eval"), out, tokenizer_path=str(tok_dir), split="eval", dtype="float32"
+  )
+  assert info["num_examples"] == 2 and info["split"] == "eval"
+  cfg = _latent_cfg(tmp_path / "unused", eval_path=str(out))
+  for p in range(2):
+    kw = dict(batch_size=3, process_index=p, process_count=2)
+    cached = list(data.build_eval_data(cfg, **kw).iterator())
+    online = list(online_latents.build_eval_data(_online_cfg(tok_dir), **kw).iterator())
+    assert len(cached) == len(online) == 1
+    for a, b in zip(cached, online):
+      np.testing.assert_array_equal(a["mask"], b["mask"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+      m = a["mask"]
+      np.testing.assert_allclose(b["latent"][m], a["latent"][m], atol=1e-5, rtol=1e-5)
+
+
+def test_writer_takes_any_encode_fn(tmp_path):
+  """No tokenizer: the writer encodes with the function it is given (crop, then flip)."""
+  calls = []
+
+  def encode_fn(images):  # uint8 (n, S, S, 3) -> (n, L=S, D=3): mean over one image axis
+    calls.append(images.shape)
+    return images.astype(np.float32).mean(axis=2) / 255.0
+
+  source = PhotoSource("train")
+  info = latents.encode_dataset(
+    encode_fn,
+    source,
+    tmp_path / "c",
+    image_size=S,
+    num_tokens=S,
+    dim=3,
+    batch_size=4,
+    dtype="float32",
+    examples_per_shard=5,
+    num_workers=2,
+  )
+  assert calls and all(c == (8, S, S, 3) for c in calls)  # fixed shape: 2 x batch_size
+  assert info["num_examples"] == 9 and len(info["shards"]) == 2 and info["tokenizer"] == ""
+  crops = np.stack([preprocess.center_crop_arr(source.load(i)[0], S) for i in range(9)])
+  expected = np.stack([encode_fn(crops), encode_fn(crops[:, :, ::-1])], axis=1)
+  both, labels = latents.LatentSource(tmp_path / "c").read_both(range(9))
+  np.testing.assert_array_equal(both, expected)
+  np.testing.assert_array_equal(labels, np.arange(9))
 
 
 def test_registration_and_clear_errors(tmp_path):
@@ -272,6 +350,23 @@ def test_registration_and_clear_errors(tmp_path):
     data.build_train_data(
       ml_collections.ConfigDict(dict(name="latents_online")), global_batch=2, seed=0
     )
+  with pytest.raises(ValueError, match="needs --config.data.tokenizer"):
+    online_latents.build_train_data(
+      ml_collections.ConfigDict(dict(name="latents_online")), global_batch=2, seed=0
+    )
+  with pytest.raises(ValueError, match="data.image_source"):
+    data.source(ml_collections.ConfigDict(dict(name="latents_online", image_source="latents")))
+  with pytest.raises(ValueError, match="unknown data.name"):
+    data.source(ml_collections.ConfigDict(dict(name="nope")))
+  assert (
+    set(data.SOURCES)
+    == set(data.DATASETS)
+    == set(data.IMAGE_DATASETS)
+    | {
+      "latents",
+      "latents_online",
+    }
+  )
 
 
 def test_records_roundtrip_bfloat16():

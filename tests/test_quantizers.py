@@ -242,3 +242,57 @@ def test_identity_quantizer(z):
   zq, info = _apply(q, _init(q, z), z, True)
   np.testing.assert_array_equal(zq, z)
   assert float(info["quantizer_loss"]) == 0.0
+
+
+@pytest.mark.parametrize("as_config_dict", [False, True])
+def test_registry_and_from_config(as_config_dict):
+  """QUANTIZERS is the one name -> class table; each class reads its own keys (dict or
+  ConfigDict), missing keys keep the class defaults, and build_quantizer is a lookup."""
+  import ml_collections
+
+  from softvq_jax.models.factory import build_quantizer
+
+  cfg = dict(
+    codebook_size=K,
+    num_codebooks=NC,
+    tau=0.1,
+    l2_norm=False,
+    logit_form="distance",
+    entropy_loss_ratio=0.02,
+    entropy_temperature=0.05,
+    commit_beta=0.5,
+    kl_weight=1e-3,
+  )
+  wrap = ml_collections.ConfigDict if as_config_dict else dict
+  expected = {
+    "softvq": Q.SoftVectorQuantizer(
+      codebook_size=K,
+      embed_dim=D,
+      num_codebooks=NC,
+      tau=0.1,
+      l2_norm=False,
+      logit_form="distance",
+      entropy_loss_ratio=0.02,
+      entropy_temperature=0.05,
+    ),
+    "vq": Q.VectorQuantizer(
+      codebook_size=K,
+      embed_dim=D,
+      num_codebooks=NC,
+      l2_norm=False,
+      commit_beta=0.5,
+      entropy_loss_ratio=0.02,
+      entropy_temperature=0.05,
+    ),
+    "kl": Q.DiagonalGaussianQuantizer(embed_dim=D, kl_weight=1e-3),
+    "ae": Q.IdentityQuantizer(),
+  }
+  assert set(Q.QUANTIZERS) == set(expected)
+  for name, cls in Q.QUANTIZERS.items():
+    section = wrap({"name": name, **cfg})
+    assert cls.from_config(section, D) == expected[name]
+    assert build_quantizer(section, D) == expected[name]
+  # Defaults: only the keys without a default are needed.
+  minimal = Q.SoftVectorQuantizer.from_config(wrap({"codebook_size": K}), D)
+  assert minimal == Q.SoftVectorQuantizer(codebook_size=K, embed_dim=D)
+  assert build_quantizer(wrap({"codebook_size": K}), D) == minimal  # name defaults to softvq

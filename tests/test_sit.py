@@ -14,7 +14,6 @@ import pytest
 
 from softvq_jax import checkpointing
 from softvq_jax.cli.convert import main_sit
-from softvq_jax.convert import sit_from_reference
 from softvq_jax.models.sit import DiT, SiT, build_generator
 from softvq_jax.objectives import diffusion as D
 from softvq_jax.sampling import cfg as cfg_lib
@@ -22,6 +21,7 @@ from softvq_jax.sampling.diffusion import diffusion_sample
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
 from softvq_jax.weights import io as cio
+from softvq_jax.weights import sit_from_reference
 from softvq_jax.weights.sit import (
   generator_from_config,
   key_map,

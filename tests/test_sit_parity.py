@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.convert import sit_from_reference
 from softvq_jax.models.sit import sincos_1d
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
+from softvq_jax.weights import sit_from_reference
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SAMPLER_TOL = 2e-5

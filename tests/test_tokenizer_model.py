@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from softvq_jax.models import rope
-from softvq_jax.models.factory import (
-  abstract_params,
-  build_tokenizer,
-  param_count,
-  validate_tokenizer_config,
-)
+from softvq_jax.models.factory import abstract_params, build_quantizer, build_tokenizer, param_count
 from softvq_jax.models.tokenizer import LAST_LAYER, LAST_LAYER_CONV, unpatchify
 from softvq_jax.weights.reference_config import reference_to_model_config
 from softvq_jax.weights.tokenizer import key_map
@@ -275,47 +270,24 @@ def test_other_quantizers_build_and_run(name, images):
   assert (float(aux["quantizer_loss"]) > 0) == (name != "ae")
 
 
-BAD = [
-  ("model", "image_size", 33, "model.image_size"),
-  ("model", "num_latent_tokens", 7, "quantizer.num_codebooks"),
-  ("model", "to_pixel", "siren", "model.to_pixel"),
-  ("model", "dtype", "float64", "model.dtype"),
-  ("model", "attn_impl", "flash", "model.attn_impl"),
-  ("model", "name", "maetok", "model.name"),
-  ("model", "rope_mode", "axial", "model.rope_mode"),
-  ("model", "vq_std", 0.0, "model.vq_std"),
-  ("model", "codebook_embed_dim", 0, "model.codebook_embed_dim"),
-  ("encoder", "variant", "XXL", "model.encoder.variant"),
-  ("encoder", "heads", 5, "model.encoder.heads"),
-  ("decoder", "patch_size", 5, "model.decoder.patch_size"),
-  ("quantizer", "name", "fsq", "quantizer.name"),
-  ("quantizer", "tau", 0.0, "quantizer.tau"),
-  ("quantizer", "logit_form", "dot", "quantizer.logit_form"),
-  ("quantizer", "codebook_size", 0, "quantizer.codebook_size"),
-  ("quantizer", "entropy_temperature", -1.0, "quantizer.entropy_temperature"),
-]
-
-
-@pytest.mark.parametrize("section,key,value,named", BAD)
-def test_config_validation_names_the_key(section, key, value, named):
-  m, q = tiny_cfg()
-  target = {"model": m, "quantizer": q, "encoder": m["encoder"], "decoder": m["decoder"]}[section]
-  target[key] = value
-  with pytest.raises(ValueError, match=named.replace(".", r"\.")):
-    validate_tokenizer_config(m, q)
-
-
-def test_rope_head_dim_must_be_multiple_of_4():
-  m, q = tiny_cfg(use_rope=True)
-  m["encoder"].update(width=72, heads=4)  # head_dim 18
-  with pytest.raises(ValueError, match="head_dim"):
-    validate_tokenizer_config(m, q)
-
-
-def test_config_dict_is_accepted():
-  ml_collections = pytest.importorskip("ml_collections")
-  m, q = tiny_cfg()
-  validate_tokenizer_config(ml_collections.ConfigDict(m), ml_collections.ConfigDict(q))
+def test_unknown_names_fail_in_the_registries():
+  """build_tokenizer does not validate values (config.validate does), but an unknown name in an
+  exported config fails with the key and the choices."""
+  for section, key, value, named in [
+    ("model", "name", "maetok", "model.name"),
+    ("model", "dtype", "float64", "model.dtype"),
+    ("quantizer", "name", "fsq", "quantizer.name"),
+    ("encoder", "variant", "XXL", "model.encoder.variant"),
+  ]:
+    m, q = tiny_cfg()
+    target = {"model": m, "quantizer": q, "encoder": m["encoder"]}[section]
+    target[key] = value
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")) as e:
+      build_tokenizer(m, q)
+    assert repr(value) in str(e.value) and "known" in str(e.value)  # the choices are listed
+  known = r"quantizer\.name='fsq'; known: \['ae', 'kl', 'softvq', 'vq'\]"
+  with pytest.raises(ValueError, match=known):
+    build_quantizer({"name": "fsq"}, D)
 
 
 def _full(enc, dec, tokens, res=256):

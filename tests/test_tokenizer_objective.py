@@ -7,7 +7,7 @@ from test_tokenizer_trainer import _batches, tiny_config
 
 from softvq_jax import sharding
 from softvq_jax.config import defaults
-from softvq_jax.config.validate import validate
+from softvq_jax.config.validate import check_weight_files, validate
 from softvq_jax.objectives import perceptual
 from softvq_jax.training import frozen_nets, loop
 from softvq_jax.training.tokenizer import TokenizerTask
@@ -126,9 +126,9 @@ def test_missing_weight_files_name_the_key(overrides, key, tmp_path):
     node = node[p]
   node[last] = missing
   with pytest.raises(WeightFileError, match="weights.safetensors"):
-    frozen_nets.check_files(c)
+    check_weight_files(c)
   c.loss.random_init = True
-  frozen_nets.check_files(c)  # random weights allowed explicitly
+  check_weight_files(c)  # random weights allowed explicitly
 
 
 def test_quick_uses_mse_patchgan_and_entropy():

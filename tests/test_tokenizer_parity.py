@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.convert import tokenizer_from_reference
+from softvq_jax.weights import tokenizer_from_reference
 
 FIXTURES = ["softvq_small", "softvq_small_rope"]
 FIXTURES_DIR = pathlib.Path(__file__).parent / "fixtures"

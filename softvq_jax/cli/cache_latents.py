@@ -1,4 +1,4 @@
-"""Encode a dataset once with a tokenizer into a latent cache (see data/latents.py for the format).
+"""Encode a dataset once with a tokenizer into a latent cache (the format: data/latents/format.py).
 
   python -m softvq_jax.data.cache_latents --tokenizer=exported/softvq_b64 \\
       --data=imagenet --split=train --out=caches/imagenet_b64_train
@@ -8,7 +8,9 @@
 The dataset comes from `--data` (photos|folder|imagenet, with --data_path/--eval_path/--data_dir/
 --manual_dir as the tokenizer configs' data.* keys), else from `--config`'s data section, else from
 the tokenizer's own training config. On several hosts run the same command on every host (after
-jax.distributed initialises): each encodes its block of shards to a shared filesystem.
+jax.distributed initialises): each encodes its block of shards to a shared filesystem. The
+tokenizer's encode function comes from training/online_latents.py; the writer (data/latents/)
+holds no model code.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ml_collections import ConfigDict, config_flags
 from softvq_jax import data
 from softvq_jax.config import defaults
 from softvq_jax.data import latents
+from softvq_jax.training import online_latents
 from softvq_jax.utils import cli
 from softvq_jax.weights import pretrained
 
@@ -111,8 +114,8 @@ def main(argv):
   tokenizer_path = str(pathlib.Path(_TOKENIZER.value).absolute())
   tok = pretrained.load_tokenizer(tokenizer_path, ema=not _RAW.value, step=_STEP.value)
   cfg = data_config(tok.config)
-  train, held_out = data._sources(cfg, jax.process_count())
-  source = train if _SPLIT.value == "train" else held_out
+  split = "train" if _SPLIT.value == "train" else "eval"
+  source = data.source(cfg, split, jax.process_count())
   logging.info(
     "encoding %d %s/%s examples at %dpx on %d local device(s)",
     len(source),
@@ -122,7 +125,7 @@ def main(argv):
     jax.local_device_count(),
   )
   try:
-    info = _encode(tok, source, cfg, tokenizer_path)
+    info = _encode(tok, source, cfg, tokenizer_path, split)
   except (FileExistsError, latents.CacheConflictError) as e:
     raise SystemExit(f"error: {e}") from None
   if info is None:
@@ -135,14 +138,14 @@ def main(argv):
   )
 
 
-def _encode(tok, source, cfg, tokenizer_path):
-  return latents.encode_dataset(
+def _encode(tok, source, cfg, tokenizer_path, split):
+  return online_latents.encode_with_tokenizer(
     tok,
     source,
     _OUT.value,
     tokenizer_path=tokenizer_path,
     dataset=cfg.name,
-    split="train" if _SPLIT.value == "train" else "eval",
+    split=split,
     batch_size=_BATCH.value,
     dtype=_DTYPE.value,
     examples_per_shard=_SHARD.value,

@@ -3,9 +3,20 @@
   python -m softvq_jax.convert tokenizer --config config.json --weights model.safetensors --out DIR
   python -m softvq_jax.convert tokenizer-to-reference --checkpoint DIR --out model.safetensors
   python -m softvq_jax.convert sit --config config.json --weights model.safetensors --out DIR
+  python -m softvq_jax.convert dino-disc --weights disc.safetensors --out DIR [--variant S]
+  python -m softvq_jax.convert dino-disc-to-reference --checkpoint DIR --out disc.safetensors
 
 Weights are read with `softvq_jax.weights.io.load_state_dict` (safetensors/npz; no torch needed);
 model dirs are written/read with `softvq_jax.checkpointing.save_model` / `load_model`.
+
+`dino-disc` converts the trainable heads of the reference DINO discriminator (a DinoDisc state
+dict, a VQLoss state dict with its `discriminator.` prefix, or, with torch, the reference training
+checkpoint `.pt`, whose "discriminator" entry is taken) into a model dir whose params pytree is
+{"params": ..., "stats": {"spectral": ..., "batch_stats": ...}}: exactly the "params" and "stats"
+entries of the tokenizer trainer's `TrainState.extra["disc"]`, which is what resuming a GAN run
+needs (the optimizer state and LeCam EMAs restart; the frozen trunk comes from
+`loss.disc.dino_path`). config.json records the sizes, `dino_variant` and the BatchNorms'
+`num_batches_tracked`, which `dino-disc-to-reference` writes back (strict-loadable in PyTorch).
 """
 
 from __future__ import annotations
@@ -88,6 +99,77 @@ def main_sit(args: argparse.Namespace | list[str]) -> pathlib.Path:
   return out
 
 
+def main_dino_disc(args: argparse.Namespace) -> pathlib.Path:
+  """Reference DinoDisc weights -> model dir with {"params", "stats"} (see the module docstring)."""
+  from softvq_jax import checkpointing
+  from softvq_jax.models.frozen.dino import TRUNK_VARIANTS
+  from softvq_jax.weights import dino_disc
+
+  sd = dino_disc.load_reference_dino_disc(args.weights)
+  width = TRUNK_VARIANTS[args.variant][1]
+  params, state = dino_disc.dino_disc_from_reference(sd, width=width, prefix=args.prefix)
+  config = {
+    "model": {
+      "kind": "dino_disc",
+      "dino_variant": args.variant,
+      "width": width,
+      "num_heads": len(params["heads"]),
+      "kernel_size": int(params["heads"]["heads_0"]["res_conv"]["kernel"].shape[0]),
+      "spectral": "spectral" in state,
+    },
+    "num_batches_tracked": dino_disc.reference_num_batches_tracked(sd, args.prefix),
+    "source": str(args.weights),
+  }
+  tree = {"params": params, "stats": state}
+  out = checkpointing.save_model(args.out, tree, config, overwrite=args.overwrite)
+  print(f"wrote {out}")
+  return out
+
+
+def main_dino_disc_to_reference(args: argparse.Namespace) -> pathlib.Path:
+  """Model dir written by `dino-disc` -> reference DinoDisc state dict (.safetensors)."""
+  from softvq_jax import checkpointing
+  from softvq_jax.weights import dino_disc, io
+
+  tree, config = checkpointing.load_model(args.checkpoint)
+  if config.get("model", {}).get("kind") != "dino_disc" or set(tree) != {"params", "stats"}:
+    raise ValueError(f"{args.checkpoint} is not a DINO discriminator dir written by `dino-disc`")
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  n = int(config.get("num_batches_tracked", 0))
+  sd = dino_disc.dino_disc_to_reference(tree["params"], tree["stats"], num_batches_tracked=n)
+  io.save_safetensors(sd, out)
+  print(f"wrote {out}")
+  return out
+
+
+def add_dino_disc_parsers(sub) -> None:
+  """The `dino-disc` and `dino-disc-to-reference` subcommands."""
+  from softvq_jax.models.frozen.dino import TRUNK_VARIANTS
+
+  p = sub.add_parser("dino-disc", help="reference DINO discriminator heads -> softvq_jax dir")
+  p.add_argument(
+    "--weights",
+    required=True,
+    help="DinoDisc state dict (.safetensors/.npz; .pt/.pth training checkpoint w/ torch)",
+  )
+  p.add_argument("--out", required=True, help="output directory ({params, stats} + config.json)")
+  p.add_argument(
+    "--variant", choices=sorted(TRUNK_VARIANTS), default="S", help="loss.disc.dino_variant"
+  )
+  p.add_argument(
+    "--prefix", default=None, help="key prefix to strip (default: detected, e.g. discriminator.)"
+  )
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=main_dino_disc)
+  p = sub.add_parser("dino-disc-to-reference", help="dino-disc dir -> reference safetensors")
+  p.add_argument("--checkpoint", required=True, help="directory written by `dino-disc`")
+  p.add_argument("--out", required=True, help="output .safetensors")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(func=main_dino_disc_to_reference)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m softvq_jax.convert",
@@ -109,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("sit", help="reference SiT/DiT checkpoint -> softvq_jax model dir")
   add_sit_arguments(p)
   p.set_defaults(func=main_sit)
+  add_dino_disc_parsers(sub)
   return parser
 
 

@@ -225,9 +225,9 @@ def main(argv):
 
 
 def _tokenizer():
-  from softvq_jax.evaluation import reconstruction
+  from softvq_jax.evaluation import tokenizer_eval
 
-  return reconstruction.evaluate_tokenizer(
+  return tokenizer_eval.evaluate_tokenizer(
     _MODEL.value or _WORKDIR.value,
     _OUT.value,
     data_cfg=_data_config(),

@@ -66,9 +66,9 @@ def export(workdir, out, *, step=None, ema=True, stats_images=10_000, fmt="model
     )
   if fmt == "model":
     return checkpointing.save_model(out, tok.params, config, overwrite=overwrite)
-  from softvq_jax.convert import tokenizer_to_reference
   from softvq_jax.weights.io import save_safetensors
   from softvq_jax.weights.reference_config import model_to_reference_config
+  from softvq_jax.weights.tokenizer import tokenizer_to_reference
 
   out = pathlib.Path(out)
   if out.exists() and not overwrite:

@@ -122,6 +122,9 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.loss.disc.gen_loss = "hinge"
   c.loss.disc.adaptive_weight = False
   c.loss.disc.dino_path = ""
+  # Model dir of converted reference DinoDisc heads (python -m softvq_jax.convert dino-disc) to
+  # start the discriminator from on a fresh run; empty: random heads.
+  c.loss.disc.init_from = ""
   c.loss.disc.dino_variant = "S"  # S: published ViT-S/16; tiny: random weights (tests, smoke)
   c.loss.disc.diffaug = True
   c.loss.disc.diffaug_policy = "color,translation,cutout_0.2"

@@ -11,7 +11,7 @@ Contract shared by every dataset (photos, folders, ImageNet, cached latents):
   (seed, step): resuming at step k reproduces exactly what an uninterrupted run sees (no
   iterator state needs checkpointing).
 - `EvalData.iterator()` yields fixed-shape batches with a boolean "mask" (False on padding).
-- Cached latents (`data/latents.py`) yield "latent" float32 (B_local, L, D) instead of "image",
+- Cached latents (`data/latents/`) yield "latent" float32 (B_local, L, D) instead of "image",
   with the same index arithmetic (`ShuffledBatches`).
 Batches are built ahead of time by a small thread pool (PIL decoding/resizing releases the GIL).
 """
@@ -152,26 +152,14 @@ class TrainData(ShuffledBatches):
     source: ImageSource,
     *,
     image_size: int,
-    global_batch: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
     random_crop: bool = True,
     random_flip: bool = True,
     min_crop_frac: float = 0.8,
-    num_workers: int = 4,
-    prefetch: int = 2,
     uint8: bool = False,
+    **batching,
   ):
-    super().__init__(
-      len(source),
-      global_batch=global_batch,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-      num_workers=num_workers,
-      prefetch=prefetch,
-    )
+    """`batching`: global_batch, seed, process_index/count, num_workers, prefetch (as the base)."""
+    super().__init__(len(source), **batching)
     self.source = source
     self.image_size = image_size
     self.random_crop, self.random_flip = random_crop, random_flip

@@ -8,6 +8,7 @@ labels), exactly what guided-diffusion's `evaluations/evaluator.py` reads. A ref
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -165,14 +166,25 @@ def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype] | None:
   return None
 
 
-def npz_array_info(path: str | os.PathLike, key: str = ARR_KEY) -> tuple[tuple[int, ...], np.dtype]:
-  """(shape, dtype) of one array of an `.npz` without reading its data."""
-  path = pathlib.Path(path)
+def _keys(zf: zipfile.ZipFile) -> list[str]:
+  return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+
+
+@contextlib.contextmanager
+def _open_member(path: pathlib.Path, key: str):
+  """(stream positioned after the .npy header, header or None) of member `key` of an .npz."""
   with _open_zip(path) as zf:
     if f"{key}.npy" not in zf.namelist():
       raise AdmNpzError(f"{path}: no {key!r} in the npz (has {_keys(zf)})")
     with zf.open(f"{key}.npy") as f:
-      header = _read_header(f)
+      yield f, _read_header(f)
+
+
+def npz_array_info(path: str | os.PathLike, key: str = ARR_KEY) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of one array of an `.npz` without reading its data."""
+  path = pathlib.Path(path)
+  with _open_member(path, key) as (_, header):
+    pass
   if header is None:
     with np.load(path, allow_pickle=False, mmap_mode=None) as data:
       arr = data[key]
@@ -180,36 +192,28 @@ def npz_array_info(path: str | os.PathLike, key: str = ARR_KEY) -> tuple[tuple[i
   return tuple(header[0]), header[2]
 
 
-def _keys(zf: zipfile.ZipFile) -> list[str]:
-  return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
-
-
 def iter_npz_batches(
   path: str | os.PathLike, batch_size: int, start: int = 0, key: str = ARR_KEY
 ) -> Iterator[np.ndarray]:
   """Yields consecutive row batches of `key` from row `start` on, streaming from the zip."""
   path = pathlib.Path(path)
-  with _open_zip(path) as zf:
-    if f"{key}.npy" not in zf.namelist():
-      raise AdmNpzError(f"{path}: no {key!r} in the npz (has {_keys(zf)})")
-    with zf.open(f"{key}.npy") as f:
-      header = _read_header(f)
-      if header is None or header[1] or header[2].hasobject:  # ADM also loads these whole
-        with np.load(path, allow_pickle=False) as data:
-          arr = data[key]
-        for i in range(start, len(arr), batch_size):
-          yield arr[i : i + batch_size]
-        return
-      shape, _, dtype = header
-      row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-      if start:
-        f.seek(f.tell() + start * row)
-      for i in range(start, shape[0], batch_size):
-        n = min(batch_size, shape[0] - i)
-        data = f.read(n * row)
-        if len(data) != n * row:
-          raise AdmNpzError(f"{path}: {key!r} is truncated at row {i}")
-        yield np.frombuffer(data, dtype=dtype).reshape(n, *shape[1:])
+  with _open_member(path, key) as (f, header):
+    if header is None or header[1] or header[2].hasobject:  # ADM also loads these whole
+      with np.load(path, allow_pickle=False) as data:
+        arr = data[key]
+      for i in range(start, len(arr), batch_size):
+        yield arr[i : i + batch_size]
+      return
+    shape, _, dtype = header
+    row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    if start:
+      f.seek(f.tell() + start * row)
+    for i in range(start, shape[0], batch_size):
+      n = min(batch_size, shape[0] - i)
+      data = f.read(n * row)
+      if len(data) != n * row:
+        raise AdmNpzError(f"{path}: {key!r} is truncated at row {i}")
+      yield np.frombuffer(data, dtype=dtype).reshape(n, *shape[1:])
 
 
 @dataclasses.dataclass

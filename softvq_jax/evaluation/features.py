@@ -18,13 +18,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+from softvq_jax import sharding
 from softvq_jax.evaluation import metrics
 from softvq_jax.utils.files import save_npz_atomic
 
-MESH_AXIS = "batch"
+MESH_AXIS = sharding.LOCAL_AXIS
 
 
 class FeatureAccumulator:
@@ -248,9 +248,8 @@ def merge_across_processes(acc: FeatureAccumulator) -> FeatureAccumulator:
 
 
 def feature_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh (axis "batch") over this process's devices."""
-  devices = list(devices if devices is not None else jax.local_devices())
-  return Mesh(np.asarray(devices), (MESH_AXIS,))
+  """A 1-D mesh (axis "batch") over this process's devices (`sharding.local_mesh`)."""
+  return sharding.local_mesh(devices)
 
 
 def make_feature_fn(
@@ -258,26 +257,12 @@ def make_feature_fn(
 ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
   """Host batch (n, ...) -> {name: (n, ...) np.ndarray}, computed by `apply_fn(params, batch)`.
 
-  Parameters are replicated; the batch is padded (repeating its last row) to a multiple of the
-  mesh size and split over it, and the padding is dropped from the outputs. For the Inception:
+  `sharding.local_batch_fn`: parameters replicated, the batch padded to a multiple of the mesh
+  size and split over it, the padding dropped. For the Inception:
   `make_feature_fn(inception.apply_features, inception.load_inception_params(path))`.
   """
-  mesh = mesh or feature_mesh()
-  size = mesh.devices.size
-  data = NamedSharding(mesh, P(MESH_AXIS))
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  fn = jax.jit(apply_fn, out_shardings=data)
-
-  def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-    batch = np.asarray(batch)
-    n = len(batch)
-    pad = -n % size
-    if pad:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
-    out = fn(params, jax.device_put(batch, data))
-    return {k: np.asarray(v)[:n] for k, v in out.items()}
-
-  return run
+  run = sharding.local_batch_fn(apply_fn, params, mesh)
+  return lambda batch: dict(run(batch))
 
 
 BatchSource = Callable[[int], Iterable[np.ndarray]] | Iterable[np.ndarray]

@@ -1,5 +1,7 @@
 """Per-image reconstruction metrics in JAX: PSNR, SSIM (as scikit-image computes it), MSE.
 
+Images are compared as uint8 from `softvq_jax.utils.images.to_uint8` (ADM rounding).
+
 SSIM matches `skimage.metrics.structural_similarity(x, y, data_range=R, channel_axis=-1,
 gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`: an 11x11 Gaussian window
 (truncate 3.5), reflect padding, K1 0.01, K2 0.03, mean over the interior (5-pixel border cropped)
@@ -15,13 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def to_uint8(x, xp=np):
-  """[-1, 1] -> uint8 as the reference evaluation: clamp(127.5 x + 128, 0, 255), truncated.
-
-  xp=jax.numpy inside jit (same formula, so host and device results agree).
-  """
-  return xp.clip(127.5 * xp.asarray(x, xp.float32) + 128.0, 0, 255).astype(xp.uint8)
+# The ADM uint8 conversion (`rounding="adm"` default), re-exported for the metric callers.
+from softvq_jax.utils.images import to_uint8  # noqa: F401
 
 
 @jax.jit

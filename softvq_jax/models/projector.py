@@ -15,10 +15,12 @@ import jax.numpy as jnp
 from softvq_jax.models.functional import torch_default_bias_init, torch_default_kernel_init
 
 Dtype = Any
+# loss.align.mode choices (objectives/alignment.py implements them; config.validate reads this).
 ALIGN_MODES = ("repeat", "global", "avg_1d", "avg_1d_shuffle")
 
 
 def check_mode(mode: str) -> None:
+  """A ValueError naming the choices for an unknown mode (direct calls; configs: validate)."""
   if mode not in ALIGN_MODES:
     raise ValueError(f"loss.align.mode: unknown alignment mode {mode!r}, choose from {ALIGN_MODES}")
 

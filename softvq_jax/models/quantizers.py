@@ -7,10 +7,16 @@ codebook quantizers, "indices" (B, L) and "code_counts" (nc, K). All computation
 (matmuls at HIGHEST precision so TPU logits are not bf16-rounded).
 
 Multiple codebooks split the *sequence* (SPEC §1.2): token l uses codebook l // (L / nc).
+
+`QUANTIZERS` (name -> class) is the one registry: `quantizer.name` selects the class and its
+`from_config(quantizer_cfg, embed_dim)` reads that quantizer's own keys (missing keys keep the
+defaults below). The values are checked by `softvq_jax.config.validate`, not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -21,6 +27,14 @@ from softvq_jax.models.functional import l2_normalize
 
 Dtype = Any
 _HI = jax.lax.Precision.HIGHEST
+LOGIT_FORMS = ("cosine", "distance")  # SoftVectorQuantizer.logit_form
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+  """cfg[key] or `default` for a plain dict, a ConfigDict or an attribute object."""
+  if isinstance(cfg, Mapping) or hasattr(cfg, "get"):  # dict or ConfigDict
+    return cfg.get(key, default)
+  return getattr(cfg, key, default)
 
 
 def entropy_loss(affinity: jax.Array, temperature: float = 0.01, log_eps: float = 1e-6):
@@ -93,7 +107,37 @@ def _sq_dist(z: jax.Array, c: jax.Array) -> jax.Array:
   return jnp.sum(z * z, -1, keepdims=True) + jnp.sum(c * c, -1)[None, :, None, :] - 2 * zc
 
 
-class SoftVectorQuantizer(nn.Module):
+class FromConfig:
+  """`from_config(quantizer_cfg, embed_dim)`: every field but embed_dim read from the `quantizer`
+  section (dict or ConfigDict) under its own name, with the field's default when absent."""
+
+  @classmethod
+  def from_config(cls, quantizer_cfg: Any, embed_dim: int):
+    skip = ("embed_dim", "param_dtype", "parent", "name")
+    kw = {
+      f.name: cfg_get(
+        quantizer_cfg, f.name, None if f.default is dataclasses.MISSING else f.default
+      )
+      for f in dataclasses.fields(cls)
+      if f.name not in skip and f.init
+    }
+    return cls(embed_dim=embed_dim, **kw)
+
+
+class _Codebook(FromConfig, nn.Module):
+  """Fields of the codebook quantizers: nc codebooks of K codes of size D (sequence split)."""
+
+  codebook_size: int
+  embed_dim: int
+  num_codebooks: int = 1
+  l2_norm: bool = True
+  entropy_loss_ratio: float = 0.0
+  entropy_temperature: float = 0.01
+  param_dtype: Dtype = jnp.float32
+  quant_conv_factor: ClassVar[int] = 1
+
+
+class SoftVectorQuantizer(_Codebook):
   """Soft VQ (SPEC §1.2): z_q = softmax(logits / tau) @ C with logits against stop_grad(C).
 
   logit_form 'cosine' (reference): logits = <z^, sg(C^)> (unit vectors when l2_norm);
@@ -102,16 +146,8 @@ class SoftVectorQuantizer(nn.Module):
   whose batch marginal is over the global batch under jit (see `entropy_loss`).
   """
 
-  codebook_size: int
-  embed_dim: int
-  num_codebooks: int = 1
   tau: float = 0.07
-  l2_norm: bool = True
   logit_form: str = "cosine"
-  entropy_loss_ratio: float = 0.0
-  entropy_temperature: float = 0.01
-  param_dtype: Dtype = jnp.float32
-  quant_conv_factor: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, z_e: jax.Array, train: bool = False):
@@ -125,7 +161,7 @@ class SoftVectorQuantizer(nn.Module):
     elif self.logit_form == "distance":
       logits = -jnp.sqrt(jnp.maximum(_sq_dist(zs, c_sg), 1e-12))
     else:
-      raise ValueError(f"quantizer.logit_form={self.logit_form!r}; use 'cosine' or 'distance'")
+      raise ValueError(f"quantizer.logit_form={self.logit_form!r}; use one of {LOGIT_FORMS}")
     probs = jax.nn.softmax(logits / self.tau, axis=-1)  # (B, nc, S, K)
     z_q = jnp.einsum("bnsk,nkd->bnsd", probs, codebook, precision=_HI).reshape(b, n, d)
 
@@ -155,7 +191,7 @@ class SoftVectorQuantizer(nn.Module):
     return z_q, info
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(_Codebook):
   """Hard VQ baseline (LlamaGen style): nearest codeword, straight-through, codebook + commitment.
 
   Training loss: mean((z_q - sg z)^2) + beta * mean((sg z_q - z)^2) (+ ratio * entropy on -d^2
@@ -163,15 +199,7 @@ class VectorQuantizer(nn.Module):
   output z_q too). num_codebooks > 1 splits the sequence like the soft quantizer.
   """
 
-  codebook_size: int
-  embed_dim: int
-  num_codebooks: int = 1
-  l2_norm: bool = True
   commit_beta: float = 0.25
-  entropy_loss_ratio: float = 0.0
-  entropy_temperature: float = 0.01
-  param_dtype: Dtype = jnp.float32
-  quant_conv_factor: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, z_e: jax.Array, train: bool = False):
@@ -210,7 +238,7 @@ class VectorQuantizer(nn.Module):
     return z_q, info
 
 
-class DiagonalGaussianQuantizer(nn.Module):
+class DiagonalGaussianQuantizer(FromConfig, nn.Module):
   """KL baseline: z_e (B, L, 2D) = [mean | logvar] (logvar clamped to [-30, 20]).
 
   Samples mean + std * eps with the "sample" rng in training, returns the mean in eval.
@@ -253,6 +281,12 @@ class IdentityQuantizer(nn.Module):
   """Plain autoencoder: z_q = z_e, no loss."""
 
   quant_conv_factor: ClassVar[int] = 1
+
+  @classmethod
+  def from_config(cls, quantizer_cfg: Any, embed_dim: int) -> IdentityQuantizer:
+    """No keys: a plain autoencoder bottleneck."""
+    del quantizer_cfg, embed_dim
+    return cls()
 
   @nn.compact
   def __call__(self, z_e: jax.Array, train: bool = False):

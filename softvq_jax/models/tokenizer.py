@@ -75,12 +75,8 @@ def _transformer(m) -> vit.Transformer:
   )
 
 
-class ViTEncoder(nn.Module):
-  """[cls | patch_embed(x) | latent_tokens + latent_pos_embed] -> blocks -> norm -> last L tokens.
-
-  pos_embed (1, 1+N, E) is always added to [cls, patches], also with RoPE (a reference oddity);
-  mixed 2-D RoPE (learnable `freqs`) then rotates q/k of the N image tokens only.
-  """
+class _ViTPart(nn.Module):
+  """The hyper-parameters the tokenizer's encoder and decoder share (N = (S / patch)^2 tokens)."""
 
   image_size: int
   patch_size: int
@@ -95,6 +91,18 @@ class ViTEncoder(nn.Module):
   attn_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  @property
+  def num_tokens(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+
+class ViTEncoder(_ViTPart):
+  """[cls | patch_embed(x) | latent_tokens + latent_pos_embed] -> blocks -> norm -> last L tokens.
+
+  pos_embed (1, 1+N, E) is always added to [cls, patches], also with RoPE (a reference oddity);
+  mixed 2-D RoPE (learnable `freqs`) then rotates q/k of the N image tokens only.
+  """
 
   def setup(self):
     e, n, nl = self.width, self.num_tokens, self.num_latent_tokens
@@ -111,10 +119,6 @@ class ViTEncoder(nn.Module):
     self.transformer = _transformer(self)
     nn.share_scope(self, self.transformer)  # blocks_i / norm live directly under "encoder"
 
-  @property
-  def num_tokens(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
-
   def __call__(self, x: jax.Array) -> jax.Array:
     """x (B, S, S, 3) -> latent token features (B, L, E) in float32."""
     b = x.shape[0]
@@ -130,7 +134,7 @@ class ViTEncoder(nn.Module):
     return h[:, -self.num_latent_tokens :]
 
 
-class ViTDecoder(nn.Module):
+class ViTDecoder(_ViTPart):
   """[cls | mask_token x N | z + latent_pos_embed] -> blocks -> norm -> tokens 1..N -> pixels.
 
   pos_embed (incl. the cls slot) is added to [cls, mask tokens] only without RoPE (the decoder,
@@ -138,21 +142,8 @@ class ViTDecoder(nn.Module):
   checkpoints round-trip). use_cls_token=False drops the cls slot (pos_embed (1, N, E)).
   """
 
-  image_size: int
-  patch_size: int
-  depth: int
-  width: int
-  num_heads: int
-  num_latent_tokens: int
-  layerscale_init: float = 1e-5
-  use_rope: bool = False
-  rope_theta: float = 10.0
   use_cls_token: bool = True
   pixel_head: str = "linear"
-  remat: bool = False
-  attn_impl: str | None = None
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   def setup(self):
     e, n, nl, p = self.width, self.num_tokens, self.num_latent_tokens, self.patch_size
@@ -174,10 +165,6 @@ class ViTDecoder(nn.Module):
       self.to_pixel = ConvToPixel(self.dtype, pd)
     else:
       raise ValueError(f"model.to_pixel={self.pixel_head!r}; use 'linear' or 'conv'")
-
-  @property
-  def num_tokens(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
 
   @property
   def num_prefix(self) -> int:

@@ -14,7 +14,8 @@ A discriminator is passed as `disc_apply(params, state, x, key) -> (logits, new_
 softvq_jax.models.discriminators.make_disc_apply); `state` holds its BatchNorm / spectral-norm
 collections and is threaded through consecutive calls in the order the reference makes them.
 
-Use in a train step (sketch; step is 1-based as the reference's global_step):
+The whole tokenizer objective (objectives/tokenizer.py) uses the two helpers (step is 1-based,
+as the reference's global_step):
   disc_apply = make_disc_apply(disc, frozen=dino_params)   # inside jit; frozen = jit argument
   # G: g_adv, (d_state, m) = generator_adv_loss(d_params, d_state, disc_apply, x_hat, k_g, cfg)
   #    loss_G += adaptive * disc_weight_at(step, cfg.start, cfg.weight) * g_adv
@@ -202,8 +203,11 @@ def discriminator_step_loss(
   real, fake: (B, H, W, C) images in [-1, 1] (both stop-gradient'ed here). Differentiate w.r.t.
   d_params with has_aux=True. Returns loss, (new d_state, new lecam_ema, metrics).
     D_r = D(aug(real)), D_f = D(aug(fake))      (independent DiffAugment draws) if cfg.diffaug
-    L = w_d * (lecam_weight * LeCam(D_r, D_f; EMA updated first) + d_loss(D_r, D_f))
-    L += [step >= start] * cr_weight * MSE([D_r, D_f], [D(aug_s(real)), D(aug_s(fake))])
+    L = sum of the (name, weight, value) terms, each also a metric:
+      disc_loss   w_d                    d_loss(D_r, D_f)
+      lecam_loss  w_d * lecam_weight     LeCam(D_r, D_f) (its EMAs updated first)
+      cr_loss     [step >= start] * cr_weight
+                                         MSE([D_r, D_f], [D(aug_s(real)), D(aug_s(fake))])
   where w_d = weight * [step >= start] and aug_s uses cfg.cr_policy with prob 1.
   Keys: split(key, 8) = aug real, aug fake, D real, D fake, strong-aug real, strong-aug fake,
   D strong real, D strong fake (the D keys drive the DINO trunk's random crop).
@@ -221,8 +225,8 @@ def discriminator_step_loss(
 
   w_d = disc_weight_at(step, cfg.start, cfg.weight)
   adv = D_LOSSES[cfg.d_loss](logits_r, logits_f)
+  terms = [("disc_loss", w_d, adv)]  # (name, weight, value); the loss is their weighted sum
   metrics = {
-    "disc_loss": adv,
     "logits_real": jnp.mean(_f32(logits_r)),
     "logits_fake": jnp.mean(_f32(logits_f)),
     "disc_weight": w_d,
@@ -230,12 +234,8 @@ def discriminator_step_loss(
   if cfg.lecam_weight:
     lecam_ema = update_lecam_ema(lecam_ema, logits_r, logits_f, cfg.lecam_decay)
     lecam = lecam_loss(logits_r, logits_f, lecam_ema["real"], lecam_ema["fake"])
-    loss = w_d * (cfg.lecam_weight * lecam + adv)
-    metrics.update(
-      lecam_loss=lecam, lecam_ema_real=lecam_ema["real"], lecam_ema_fake=lecam_ema["fake"]
-    )
-  else:
-    loss = w_d * adv
+    terms.append(("lecam_loss", w_d * cfg.lecam_weight, lecam))
+    metrics.update(lecam_ema_real=lecam_ema["real"], lecam_ema_fake=lecam_ema["fake"])
   if cfg.cr_weight:
     logits_rs, d_state = disc_apply(
       d_params, d_state, diff_augment(real, ks_r, cfg.cr_policy, 1.0), kds_r
@@ -245,9 +245,9 @@ def discriminator_step_loss(
     )
     cr = consistency_loss([logits_r, logits_f], [logits_rs, logits_fs])
     cr_w = jnp.where(jnp.asarray(step) >= cfg.start, jnp.float32(cfg.cr_weight), jnp.float32(0.0))
-    loss = loss + cr_w * cr
-    metrics["cr_loss"] = cr
-  metrics["d_total"] = loss
+    terms.append(("cr_loss", cr_w, cr))
+  loss = sum(w * v for _, w, v in terms)
+  metrics.update({name: v for name, _, v in terms}, d_total=loss)
   return loss, (d_state, dict(lecam_ema), metrics)
 
 

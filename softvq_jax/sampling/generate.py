@@ -29,6 +29,7 @@ from softvq_jax.objectives.diffusion import GaussianDiffusion
 from softvq_jax.sampling.diffusion import diffusion_sample
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
+from softvq_jax.utils.images import to_uint8
 
 SAMPLERS = ("ode", "sde", "diffusion")
 
@@ -111,11 +112,6 @@ def sample_latents(
   raise ValueError(f"a SiT model samples with sampler='ode' or 'sde', not {s.sampler!r}")
 
 
-def to_uint8(images: jax.Array) -> jax.Array:
-  """[-1, 1] floats -> uint8, clipped and rounded (as `utils.images.as_uint8`)."""
-  return jnp.clip(jnp.round((images.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
 def make_sample_fn(
   model: SiT,
   shape: tuple[int, ...],
@@ -132,7 +128,7 @@ def make_sample_fn(
     if tokenizer_model is None:
       return z
     img = tokenizer_model.apply({"params": tok_params}, z, method=tokenizer_model.decode)
-    return to_uint8(img)
+    return to_uint8(img, jnp, rounding="round")
 
   return run
 

@@ -5,9 +5,11 @@
   "teacher" DINOv2 alignment teacher          when loss.align.weight > 0
 
 Weights come from user-supplied files (nothing is downloaded). A configured term whose file is
-missing stops with an error naming the file and the config key, unless `loss.random_init` is set:
-then that network gets random weights of the exact published shapes (logged as such), so tests
-and CPU runs exercise the full graph. Files that do exist are always loaded.
+missing stops with an error naming the file and the config key (checked before training by
+`softvq_jax.config.validate.check_weight_files`, from `needed` and `WEIGHT_FILES`), unless
+`loss.random_init` is set: then that network gets random weights of the exact published shapes
+(logged as such), so tests and CPU runs exercise the full graph. Files that do exist are always
+loaded.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from absl import logging
 
 from softvq_jax.models.frozen import dino
 from softvq_jax.weights import dino as dino_weights
-from softvq_jax.weights import io
 from softvq_jax.weights import vit as vit_weights
 
-# name -> (config key(s) of its weight file(s), what the file is)
-_FILES = {
+# name -> (config key(s) of its weight file(s), what the file is); `config.validate` checks them.
+WEIGHT_FILES = {
   "lpips": (("loss.lpips_lin_path", "loss.lpips_vgg_path"), "LPIPS-VGG16 weights"),
   "dino": (("loss.disc.dino_path",), "DINO ViT-S/16 discriminator trunk weights"),
   "teacher": (("loss.align.teacher_path",), "DINOv2 alignment teacher weights"),
@@ -44,40 +45,8 @@ def needed(config) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _get(config, dotted: str) -> str:
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
 def _exists(path: str) -> bool:
   return bool(path) and os.path.isfile(os.path.expanduser(str(path)))
-
-
-def check_files(config) -> None:
-  """Raises WeightFileError naming the file and key of each missing weight file (before compiling).
-
-  LPIPS needs `loss.lpips_lin_path`; `loss.lpips_vgg_path` may stay empty when the lin file is a
-  full LPIPS state dict holding the VGG trunk too.
-  """
-  variant = config.loss.disc.get("dino_variant", "S")
-  if variant not in dino.TRUNK_VARIANTS:
-    raise ValueError(f"loss.disc.dino_variant={variant!r}; known: {sorted(dino.TRUNK_VARIANTS)}")
-  if config.loss.get("random_init", False):
-    return
-  if "dino" in needed(config) and variant != "S":
-    raise ValueError(
-      f"loss.disc.dino_variant={variant!r} exists only with random weights (tests, smoke runs): "
-      "set loss.random_init=True, or use 'S' with loss.disc.dino_path"
-    )
-  for name in needed(config):
-    keys, what = _FILES[name]
-    for key in keys:
-      path = _get(config, key)
-      if key == "loss.lpips_vgg_path" and not path:
-        continue
-      io.require_file(path, what, key)
 
 
 def load(config) -> dict[str, Any]:

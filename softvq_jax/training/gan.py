@@ -8,14 +8,13 @@ else. The D update runs inside the same jitted step as the generator update, on 
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from softvq_jax.models import discriminators
 from softvq_jax.objectives import adversarial
+from softvq_jax.objectives import tokenizer as tokenizer_objective
 
 
 def build(disc_cfg, dtype=jnp.float32):
@@ -53,40 +52,27 @@ def update(
   fake: jax.Array,
   key: jax.Array,
   step: jax.Array,
-  cfg: adversarial.AdvLossConfig,
+  objective: tokenizer_objective.TokenizerObjective,
 ) -> tuple[dict, dict]:
-  """One discriminator step; `step` is 1-based. Returns (new extra["disc"], metrics).
+  """One discriminator step; `step` is 1-based. Returns (new extra["disc"], "gan/" metrics).
 
-  Before `disc_start` the D loss is exactly 0 (the reference then runs Adam on zero gradients,
-  a no-op); the update is skipped so that decoupled weight decay does not shrink D either, while
-  the BatchNorm/spectral statistics and LeCam EMAs still advance as in the reference.
+  The loss is `objectives.tokenizer.discriminator_loss`. Before `disc_start` it is exactly 0 (the
+  reference then runs Adam on zero gradients, a no-op); the update is skipped so that decoupled
+  weight decay does not shrink D either, while the BatchNorm/spectral statistics and LeCam EMAs
+  still advance as in the reference.
   """
-  (_, (stats, lecam, metrics)), grads = jax.value_and_grad(
-    adversarial.discriminator_step_loss, has_aux=True
-  )(disc["params"], disc["stats"], disc_apply, real, fake, key, step, disc["lecam"], cfg)
+  (_, (metrics, aux)), grads = jax.value_and_grad(
+    tokenizer_objective.discriminator_loss, argnums=1, has_aux=True
+  )(objective, disc["params"], disc["stats"], disc_apply, real, fake, step, disc["lecam"], key)
   updates, opt_state = tx.update(grads, disc["opt_state"], disc["params"])
   params = optax.apply_updates(disc["params"], updates)
-  active = jnp.asarray(step) >= cfg.start
+  active = jnp.asarray(step) >= objective.gan.start
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
-  metrics["disc_grad_norm"] = optax.global_norm(grads)
+  metrics["gan/disc_grad_norm"] = optax.global_norm(grads)
   new = {
     "params": keep(params, disc["params"]),
     "opt_state": keep(opt_state, disc["opt_state"]),
-    "stats": stats,
-    "lecam": lecam,
+    "stats": aux["disc_state"],
+    "lecam": aux["lecam"],
   }
   return new, metrics
-
-
-def last_layer_weight(nll_fn, adv_fn, params: Any, path: tuple[str, ...]) -> jax.Array:
-  """Adaptive GAN weight ||d nll / d W|| / (||d g_adv / d W|| + 1e-4) at the last decoder kernel."""
-  pick = lambda tree: _get(tree, path)
-  g_nll = pick(jax.grad(nll_fn)(params))
-  g_adv = pick(jax.grad(adv_fn)(params))
-  return adversarial.adaptive_weight(g_nll, g_adv)
-
-
-def _get(tree, path):
-  for p in path:
-    tree = tree[p]
-  return tree

@@ -1,7 +1,8 @@
 """SiT / DiT generator training on tokenizer latents (SPEC §2.2) on top of the generic loop.
 
 Batches are `{"latent": raw z_q (B, L, D), "label": (B,)}` from a latent cache (`data.name =
-latents`) or encoded on the fly (`latents_online`); the task normalises `(z - vq_mean) / vq_std`
+latents`) or encoded on the fly (`latents_online`, built by `build_data` from
+training/online_latents.py); the task normalises `(z - vq_mean) / vq_std`
 with the cache's statistics (or the tokenizer's, `model.latent_stats = tokenizer`). SiT: the
 interpolant v-prediction loss (sampling/transport.py); DiT: ADM MSE + VB (sampling/diffusion.py).
 Label dropout (`model.class_dropout_prob`) trains the null class for CFG. The frozen tokenizer is
@@ -19,6 +20,7 @@ import optax
 from absl import logging
 
 from softvq_jax import sharding
+from softvq_jax.models.factory import DTYPES
 from softvq_jax.models.sit import generator_from_train_config
 from softvq_jax.objectives import diffusion as diffusion_lib
 from softvq_jax.objectives import transport
@@ -26,8 +28,6 @@ from softvq_jax.sampling import generate as generate_lib
 from softvq_jax.training import loop, optim
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def resolve_latents(config) -> dict:
@@ -41,10 +41,8 @@ def resolve_latents(config) -> dict:
     from softvq_jax.data import latents
 
     info = latents.cache_info(d.path)
-    stats = m.get("latent_stats", "cache")
-    if stats not in ("cache", "tokenizer"):
-      raise ValueError(f"model.latent_stats={stats!r}; use 'cache' or 'tokenizer'")
-    prefix = "tokenizer_" if stats == "tokenizer" else ""
+    # model.latent_stats is checked by config/validate.py: cache | tokenizer
+    prefix = "tokenizer_" if m.get("latent_stats", "cache") == "tokenizer" else ""
     out = dict(
       num_tokens=int(info["num_tokens"]),
       dim=int(info["dim"]),
@@ -88,7 +86,7 @@ def build_model(config, num_tokens: int, dim: int):
     {**m.to_dict(), "num_tokens": num_tokens, "dim": dim},
     remat=m.get("remat", False),
     attn_impl=m.get("attn_impl", "") or None,
-    dtype=_DTYPES[m.get("dtype", "float32")],
+    dtype=DTYPES[m.get("dtype", "float32")],
   )
 
 
@@ -148,6 +146,21 @@ class GeneratorTask(loop.Task):
         self._tokenizer = pretrained.load_tokenizer(m.tokenizer)
       except FileNotFoundError as e:
         logging.warning("no tokenizer for sample grids (%s); grids are skipped", e)
+
+  @classmethod
+  def build_data(cls, config):
+    """A latent cache through data/; `latents_online` through training/online_latents.py."""
+    if config.data.name != "latents_online":
+      return super().build_data(config)
+    from softvq_jax.training import online_latents
+
+    tok = online_latents.load_tokenizer(config.data)
+    kw = dict(process_index=jax.process_index(), process_count=jax.process_count(), tokenizer=tok)
+    train = online_latents.build_train_data(
+      config.data, global_batch=config.batch_size, seed=config.seed, **kw
+    )
+    ev = online_latents.build_eval_data(config.data, batch_size=config.eval.batch_size, **kw)
+    return train, ev
 
   # --- pure ---------------------------------------------------------------------------------
   def init_state(self, rng):

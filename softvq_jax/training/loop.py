@@ -41,6 +41,23 @@ class Task(abc.ABC):
     self.total_steps = total_steps
     self.warmup_steps = warmup_steps
 
+  @classmethod
+  def build_data(cls, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """(train data, eval data) of this process for `config.data` (see data.build_train_data).
+
+    A classmethod: the loop builds the data before the task (the step count depends on the
+    training set's size). Tasks that build their own data override it.
+    """
+    kw = dict(
+      image_size=config.model.image_size,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+    train = data.build_train_data(
+      config.data, global_batch=config.batch_size, seed=config.seed, **kw
+    )
+    return train, data.build_eval_data(config.data, batch_size=config.eval.batch_size, **kw)
+
   @abc.abstractmethod
   def init_state(self, rng: jax.Array) -> TrainState:
     """Fresh state from a key (pure: traced by eval_shape and jit)."""
@@ -113,22 +130,7 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   sharding.check_batch_size(config.batch_size, mesh)
-  image_size = config.model.image_size
-  train_data = data.build_train_data(
-    config.data,
-    image_size=image_size,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  eval_data = data.build_eval_data(
-    config.data,
-    image_size=image_size,
-    batch_size=config.eval.batch_size,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
+  train_data, eval_data = task_cls.build_data(config)
   total_steps, warmup_steps = optim.steps_from(config, train_data.num_examples)
   logging.info(
     "Training for %d steps (%d warm-up), %d train examples",

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+SCHEDULES = ("cosine", "constant")
+
 
 def lr_schedule(
   peak_lr: float,
@@ -48,6 +50,15 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+# optim.name -> optax optimizer; AdamW decays matrices only, Adam is the reference as shipped.
+OPTIMIZERS = {
+  "adamw": lambda lr, weight_decay, **kw: optax.adamw(
+    lr, weight_decay=weight_decay, mask=decay_mask, **kw
+  ),
+  "adam": lambda lr, weight_decay, **kw: optax.adam(lr, **kw),
+}
+
+
 def make_optimizer(
   name: str,
   schedule,
@@ -59,12 +70,9 @@ def make_optimizer(
   grad_clip: float = 0.0,
 ) -> optax.GradientTransformation:
   """Grad-norm clipping then AdamW (decay masked) or Adam (the reference as shipped: no decay)."""
-  if name == "adamw":
-    opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
-  elif name == "adam":
-    opt = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
-  else:
-    raise ValueError(f"unknown optimizer {name!r}; use 'adamw' or 'adam'")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}")
+  opt = OPTIMIZERS[name](schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
   return optax.chain(*parts, opt)
 

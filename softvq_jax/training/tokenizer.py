@@ -1,12 +1,16 @@
 """The tokenizer trainer (SPEC §1.4) on top of the generic loop.
 
+The objective is `objectives.tokenizer` (pure functions, a list of named weighted terms):
 L_G = rec_weight * rec + w_p(t) * LPIPS + quantizer terms (entropy) + w_d(t) * adaptive * g_adv
       + align_weight * (-cos(MLP(z_q), DINOv2)),
-and a discriminator step on the same (stop-gradient) reconstructions, all in one jitted step. The
-discriminator state lives in `state.extra["disc"]` (see losses/gan_state.py); the alignment
-projector's params in `state.extra["align_proj"]`, optimised together with the tokenizer (one
-optimizer state over {"model", "align_proj"}, one gradient clip, as the reference's single
-optimizer) but kept out of `state.params` so EMA, export and inference see the tokenizer only.
+and a discriminator step on the same (stop-gradient) reconstructions, all in one jitted step. This
+task runs the tokenizer, the projector and the frozen teacher and hands their outputs to
+`generator_loss` / `discriminator_loss` (via training/gan.py); `objective_from_config` maps the
+`loss` config section to the objective's hyper-parameters. The discriminator state lives in
+`state.extra["disc"]`; the alignment projector's params in `state.extra["align_proj"]`,
+optimised together with the tokenizer (one optimizer state over {"model", "align_proj"}, one
+gradient clip, as the reference's single optimizer) but kept out of `state.params` so EMA, export
+and inference see the tokenizer only.
 Frozen networks (LPIPS-VGG16, the DINO trunk, the DINOv2 teacher; training/frozen_nets.py) are
 jit arguments, never trained or checkpointed.
 """
@@ -26,17 +30,26 @@ from softvq_jax.models import discriminators
 from softvq_jax.models.factory import build_tokenizer
 from softvq_jax.models.frozen import dinov2
 from softvq_jax.models.projector import AlignProjector
-from softvq_jax.objectives import adversarial, alignment, perceptual
+from softvq_jax.objectives import adversarial
+from softvq_jax.objectives import tokenizer as objective
 from softvq_jax.training import frozen_nets, loop, optim
 from softvq_jax.training import gan as gan_state
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
 
 
-def reconstruction_loss(x: jax.Array, x_rec: jax.Array, kind: str) -> jax.Array:
-  """Mean squared ('l2') or absolute ('l1') error, in float32."""
-  diff = x_rec.astype(jnp.float32) - x.astype(jnp.float32)
-  return jnp.mean(jnp.square(diff)) if kind == "l2" else jnp.mean(jnp.abs(diff))
+def objective_from_config(loss) -> objective.TokenizerObjective:
+  """The tokenizer objective's hyper-parameters from the `loss` config section."""
+  return objective.TokenizerObjective(
+    rec_type=loss.rec_type,
+    rec_weight=loss.rec_weight,
+    perceptual_weight=loss.perceptual_weight,
+    perceptual_warmup=loss.perceptual_warmup or 0,
+    gan=adversarial.AdvLossConfig.from_config(loss.disc),
+    adaptive_weight=bool(loss.disc.get("adaptive_weight", False)),
+    align_weight=loss.align.weight,
+    align_mode=loss.align.mode,
+  )
 
 
 def accumulate_gradients(grad_fn, params, batch: dict, rng: jax.Array, steps: int):
@@ -71,15 +84,9 @@ class TokenizerTask(loop.Task):
       config.optim, self.peak_lr, total_steps, warmup_steps
     )
     loss = config.loss
-    self.adv = adversarial.AdvLossConfig.from_config(loss.disc)
-    self.use_gan = loss.disc.weight > 0
-    self.use_lpips = loss.perceptual_weight > 0
-    self.use_align = loss.align.weight > 0
-    if (self.use_gan or self.use_align) and config.optim.grad_accum_steps > 1:
-      raise NotImplementedError(
-        "optim.grad_accum_steps > 1 together with the GAN loss (loss.disc.weight > 0) or the "
-        "alignment loss (loss.align.weight > 0) is not supported yet"
-      )
+    self.objective = objective_from_config(loss)
+    self.use_gan, self.use_align = self.objective.use_gan, self.objective.use_align
+    # grad_accum_steps > 1 with the GAN or alignment loss is refused by config/validate.py.
     if self.use_gan:
       self.disc = gan_state.build(loss.disc, self.dtype)
       # The discriminator has its own optimizer with the same hyper-parameters (reference).
@@ -130,73 +137,39 @@ class TokenizerTask(loop.Task):
   def _forward(self, params, x, key):
     return self.model.apply({"params": params}, x, train=True, rngs={"sample": key})
 
-  def _nll(self, x, x_rec, frozen, step):
-    """rec_weight * rec + w_p(step) * LPIPS: what the adaptive weight balances g_adv against."""
-    loss = self.config.loss
-    rec = reconstruction_loss(x, x_rec, loss.rec_type)
-    terms = {"rec_loss": rec}
-    nll = loss.rec_weight * rec
-    if self.use_lpips:
-      p = perceptual.lpips_loss(frozen["lpips"], x, x_rec)
-      w_p = perceptual.perceptual_weight_at(step, loss.perceptual_weight, loss.perceptual_warmup)
-      nll = nll + w_p * p
-      terms.update(perceptual_loss=p, perceptual_weight=w_p)
-    return nll, terms
-
-  def _align(self, proj_params, z_q, x, frozen, key):
-    """-cos(MLP(z_q), DINOv2 patch features), unweighted (REFERENCE_NOTES 6.6)."""
-    mode = self.config.loss.align.mode
-    teacher = dinov2.teacher_features(frozen["teacher"], x, dtype=self.dtype)
-    z = self.projector.apply({"params": proj_params}, z_q, mode)
-    return alignment.alignment_loss(z, teacher, mode, key)
-
   def _loss(self, trainable, batch, rng, frozen, step, disc=None, disc_apply=None):
     """Generator loss; with a discriminator also returns its statistics after the G pass."""
     params = self._model_params(trainable)
     x = batch["image"]
     k_model, k_adv, k_align = jax.random.split(rng, 3)
-    x_rec, aux = self._forward(params, x, k_model)
-    nll, metrics = self._nll(x, x_rec, frozen, step)
-    loss = nll + aux["quantizer_loss"]
-    metrics["quantizer_loss"] = aux["quantizer_loss"]
-    if "entropy_loss" in aux:
-      metrics["entropy_loss"] = aux["entropy_loss"]
-    metrics.update({f"quantizer/{k}": v for k, v in aux.get("metrics", {}).items()})
-    if "code_counts" in aux:
-      metrics["code_counts"] = aux["code_counts"]
+    x_rec, info = self._forward(params, x, k_model)
+    kw = {"lpips_params": frozen.get("lpips")}
     if self.use_align:
-      a = self._align(trainable["align_proj"], aux["z_q"], x, frozen, k_align)
-      loss = loss + self.config.loss.align.weight * a
-      metrics["align_loss"] = a
-    stats = None
+      mode = self.objective.align_mode
+      z_proj = self.projector.apply({"params": trainable["align_proj"]}, info["z_q"], mode)
+      teacher = dinov2.teacher_features(frozen["teacher"], x, dtype=self.dtype)
+      kw.update(z_proj=z_proj, teacher=teacher, align_key=k_align)
     if disc is not None:
-      g_adv, (stats, m) = adversarial.generator_adv_loss(
-        disc["params"], disc["stats"], disc_apply, x_rec, k_adv, self.adv
-      )
-      w = adversarial.disc_weight_at(step, self.adv.start, self.adv.weight)
-      if self.config.loss.disc.adaptive_weight:
-        w = w * jax.lax.stop_gradient(
-          self._adaptive_weight(params, x, k_model, k_adv, disc, disc_apply, frozen, step)
+      d = objective.Discriminator(disc_apply, disc["params"], disc["stats"])
+      kw.update(disc=d, adv_key=k_adv)
+      if self.objective.adaptive_weight:  # two extra backward passes
+        reconstruct = lambda p: self._forward(p, x, k_model)[0]
+        kw["adaptive"] = objective.adaptive_gan_weight(
+          self.objective,
+          reconstruct,
+          params,
+          self.model.last_layer,
+          x,
+          step,
+          disc=d,
+          adv_key=k_adv,
+          lpips_params=kw["lpips_params"],
         )
-      loss = loss + w * g_adv
-      metrics.update({f"gan/{k}": v for k, v in m.items()})
-      metrics["gan/g_weight"] = w
-    metrics["loss"] = loss
-    return loss, (metrics, x_rec, stats)
-
-  def _adaptive_weight(self, params, x, k_model, k_adv, disc, disc_apply, frozen, step):
-    """||grad nll|| / ||grad g_adv|| at the last decoder layer (two extra backward passes)."""
-
-    def nll_fn(p):
-      return self._nll(x, self._forward(p, x, k_model)[0], frozen, step)[0]
-
-    def adv_fn(p):
-      x_rec = self._forward(p, x, k_model)[0]
-      return adversarial.generator_adv_loss(
-        disc["params"], disc["stats"], disc_apply, x_rec, k_adv, self.adv
-      )[0]
-
-    return gan_state.last_layer_weight(nll_fn, adv_fn, params, self.model.last_layer)
+    loss, (metrics, aux) = objective.generator_loss(self.objective, x, x_rec, info, step, **kw)
+    metrics.update({f"quantizer/{k}": v for k, v in info.get("metrics", {}).items()})
+    if "code_counts" in info:
+      metrics["code_counts"] = info["code_counts"]
+    return loss, (metrics, x_rec, aux["disc_state"])
 
   def train_step(self, state, batch, frozen=None):
     frozen = frozen or {}
@@ -212,9 +185,9 @@ class TokenizerTask(loop.Task):
       )
       disc = dict(extra["disc"], stats=stats)
       extra["disc"], d_metrics = gan_state.update(
-        disc, disc_apply, self.disc_tx, batch["image"], x_rec, k_d, step, self.adv
+        disc, disc_apply, self.disc_tx, batch["image"], x_rec, k_d, step, self.objective
       )
-      metrics.update({f"gan/{k}": v for k, v in d_metrics.items()})
+      metrics.update(d_metrics)
     else:
 
       def grad_fn(params, mb, key):
@@ -240,7 +213,9 @@ class TokenizerTask(loop.Task):
     return new_state, metrics
 
   def post_init(self, state):
-    """Initialises the encoder from DINOv2 (`model.encoder_init`), as the released models were."""
+    """Fresh runs: the encoder from DINOv2 (`model.encoder_init`, as the released models were)
+    and the discriminator heads from a converted reference DinoDisc (`loss.disc.init_from`)."""
+    state = self._init_disc_from(state)
     path = self.config.model.get("encoder_init", "")
     if not path:
       logging.info("Tokenizer encoder: random init (set model.encoder_init to start from DINOv2)")
@@ -259,6 +234,29 @@ class TokenizerTask(loop.Task):
     params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
     logging.info("Tokenizer encoder initialised from DINOv2 weights %s", path)
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+
+  def _init_disc_from(self, state):
+    """Discriminator params and statistics from a `python -m softvq_jax.convert dino-disc` dir."""
+    path = self.config.loss.disc.get("init_from", "") if self.use_gan else ""
+    if not path:
+      return state
+    from softvq_jax import checkpointing
+
+    tree, _ = checkpointing.load_model(path)
+    disc = jax.device_get(state.extra["disc"])
+    want = {"params": disc["params"], "stats": disc["stats"]}
+    shapes = lambda tr: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tr)
+    if jax.tree.structure(tree) != jax.tree.structure(want) or shapes(tree) != shapes(want):
+      raise ValueError(
+        f"loss.disc.init_from={path!r} does not match this discriminator (loss.disc.name="
+        f"{self.config.loss.disc.name!r}, dino_variant={self.config.loss.disc.dino_variant!r}); "
+        "convert the reference heads with the same sizes (python -m softvq_jax.convert dino-disc)"
+      )
+    target = jax.tree.map(lambda x: x.sharding, {k: state.extra["disc"][k] for k in want})
+    new = jax.device_put(jax.tree.map(jnp.asarray, tree), target)
+    extra = {**state.extra, "disc": {**state.extra["disc"], **new}}
+    logging.info("Discriminator heads initialised from %s", path)
+    return state.replace(extra=extra)
 
   def window_metrics(self, sums):
     if "code_counts" not in sums:

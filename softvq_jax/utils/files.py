@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Mapping
 
@@ -23,3 +24,15 @@ def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -
     pathlib.Path(tmp).unlink(missing_ok=True)
     raise
   return path
+
+
+def replace_dir(tmp: pathlib.Path, out: pathlib.Path) -> None:
+  """Moves the finished folder `tmp` to `out`, replacing an existing `out` via a backup rename."""
+  if out.exists():
+    backup = out.with_name(f".{out.name}.old")
+    shutil.rmtree(backup, ignore_errors=True)
+    out.rename(backup)
+    tmp.rename(out)
+    shutil.rmtree(backup, ignore_errors=True)
+  else:
+    tmp.rename(out)

@@ -75,12 +75,12 @@ def _load_torch(p: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-  """Writes {key: array} as safetensors (contiguous copies), creating parent folders."""
+  """Writes {key: array} as safetensors (C-contiguous, 0-d arrays kept 0-d), creating folders."""
   from safetensors.numpy import save_file
 
   p = pathlib.Path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(p))
+  save_file({k: np.require(v, requirements="C") for k, v in state_dict.items()}, str(p))
 
 
 # PyTorch -> Flax layout. Linear weight (out, in) -> kernel (in, out); ConvNd O I *K -> *K I O.

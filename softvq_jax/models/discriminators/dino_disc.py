@@ -17,40 +17,26 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from softvq_jax.models.discriminators.dino_heads import DinoHeads
+from softvq_jax.models.discriminators.dino_heads import DinoHeads, HeadSizes
 
 Dtype = Any
 TrunkFn = Callable[[Any, jax.Array, jax.Array | None, bool], Sequence[jax.Array]]
 
 
-class DinoDiscriminator(nn.Module):
+class DinoDiscriminator(HeadSizes):
   """x (B, H, W, 3) in [-1, 1] -> per-token logits (B, 5 * 196) in float32."""
 
-  trunk_fn: TrunkFn
+  trunk_fn: TrunkFn | None = None  # required; a default only so the shared sizes come first
   num_heads: int = 5
-  kernel_size: int = 9
-  norm_eps: float = 1e-6
-  bn_momentum: float = 0.9
-  spectral: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(
     self, x: jax.Array, trunk_params: Any, train: bool = True, update_stats: bool = False
   ) -> jax.Array:
+    if self.trunk_fn is None:
+      raise ValueError("DinoDiscriminator needs trunk_fn (models/frozen/dino.trunk_fn)")
     key = self.make_rng("augment") if train and self.has_rng("augment") else None
     feats = self.trunk_fn(jax.lax.stop_gradient(trunk_params), x, key, train)
-    heads = DinoHeads(
-      self.num_heads,
-      self.kernel_size,
-      self.norm_eps,
-      self.bn_momentum,
-      self.spectral,
-      self.dtype,
-      self.param_dtype,
-      name="heads",
-    )
+    heads = DinoHeads(num_heads=self.num_heads, **self.head_kwargs(), name="heads")
     return heads(feats, train=train, update_stats=update_stats)

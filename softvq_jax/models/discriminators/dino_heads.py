@@ -27,8 +27,8 @@ from softvq_jax.models.discriminators.spectral_norm import SpectralConv
 Dtype = Any
 
 
-class DinoHead(nn.Module):
-  """(B, T, C) -> (B, T) logits in float32."""
+class HeadSizes(nn.Module):
+  """Hyper-parameters shared by a head, the set of heads and the DINO discriminator."""
 
   kernel_size: int = 9
   norm_eps: float = 1e-6
@@ -36,6 +36,14 @@ class DinoHead(nn.Module):
   spectral: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def head_kwargs(self) -> dict[str, Any]:
+    names = ("kernel_size", "norm_eps", "bn_momentum", "spectral", "dtype", "param_dtype")
+    return {k: getattr(self, k) for k in names}
+
+
+class DinoHead(HeadSizes):
+  """(B, T, C) -> (B, T) logits in float32."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True, update_stats: bool = False) -> jax.Array:
@@ -65,16 +73,10 @@ class DinoHead(nn.Module):
     return out[..., 0].astype(jnp.float32)
 
 
-class DinoHeads(nn.Module):
+class DinoHeads(HeadSizes):
   """List of feature maps [(B, T, C)] * num_heads -> concatenated logits (B, num_heads * T)."""
 
   num_heads: int = 5
-  kernel_size: int = 9
-  norm_eps: float = 1e-6
-  bn_momentum: float = 0.9
-  spectral: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(
@@ -83,15 +85,7 @@ class DinoHeads(nn.Module):
     if len(feats) != self.num_heads:
       raise ValueError(f"DinoHeads expects {self.num_heads} feature maps, got {len(feats)}")
     outs = [
-      DinoHead(
-        self.kernel_size,
-        self.norm_eps,
-        self.bn_momentum,
-        self.spectral,
-        self.dtype,
-        self.param_dtype,
-        name=f"heads_{i}",
-      )(f, train=train, update_stats=update_stats)
+      DinoHead(**self.head_kwargs(), name=f"heads_{i}")(f, train=train, update_stats=update_stats)
       for i, f in enumerate(feats)
     ]
     return jnp.concatenate(outs, axis=1)

@@ -46,8 +46,8 @@ def teacher_variant(name: str) -> tuple[int, int, int, bool]:
 
 
 # ----------------------------------------------------------------------------- model
-class SwiGLUBlock(nn.Module):
-  """DINOv2-g block: pre-LN attention and packed SwiGLU MLP (fc1 -> silu(a) * b -> fc2)."""
+class _SwiGLUSizes(nn.Module):
+  """Hyper-parameters shared by the SwiGLU block and the stack of them."""
 
   num_heads: int
   mlp_hidden: int
@@ -55,6 +55,10 @@ class SwiGLUBlock(nn.Module):
   attn_impl: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+
+class SwiGLUBlock(_SwiGLUSizes):
+  """DINOv2-g block: pre-LN attention and packed SwiGLU MLP (fc1 -> silu(a) * b -> fc2)."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -82,14 +86,8 @@ class _SwiGLUMlp(nn.Module):
     return dense(self.out_dim, "fc2")(nn.silu(a) * b)
 
 
-class _SwiGLUTransformer(nn.Module):
-  depth: int
-  num_heads: int
-  mlp_hidden: int
-  ln_eps: float = 1e-6
-  attn_impl: str | None = None
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+class _SwiGLUTransformer(_SwiGLUSizes):
+  depth: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,7 +135,7 @@ class DinoV2(nn.Module):
     heads = e // HEAD_DIM if e >= HEAD_DIM else 1
     if self.swiglu:
       t = _SwiGLUTransformer(
-        self.depth, heads, self.mlp_hidden, self.ln_eps, self.attn_impl, self.dtype, pd
+        heads, self.mlp_hidden, self.ln_eps, self.attn_impl, self.dtype, pd, depth=self.depth
       )
     else:
       t = vit.Transformer(

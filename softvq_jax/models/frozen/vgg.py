@@ -5,7 +5,7 @@ ScalingLayer, f_l the VGG16 relu1_2 / relu2_2 / relu3_3 / relu4_3 / relu5_3 acti
 unit-norm over channels (eps 1e-10 added to the norm) and w_l a non-negative 1x1 head (no bias).
 Images are NHWC in [-1, 1]. The reference puts Dropout(0.5) before each head and its training
 script leaves it active (VQLoss.train() undoes LPIPS().eval()): that bug is not reproduced here,
-the heads have no dropout at all. Loaders for the published weight files: convert/lpips.py.
+the heads have no dropout at all. Loaders for the published weight files: weights/lpips.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""Reading latent caches: random access, training batches and evaluation batches.
+
+`LatentTrainData` follows the TrainData contract (`pipeline.ShuffledBatches`): batches
+{"latent": float32 (B_local, L, D) raw z_q, "label": int32 (B_local,)}; sample g picks the flipped
+variant when `flip_bits(seed, g)` is set (`LatentTrainData.selection`, shared with the online
+encoder in `softvq_jax.training.online_latents`). `LatentEvalData` yields fixed-shape padded
+batches with a "mask".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from softvq_jax.data import pipeline
+from softvq_jax.data.latents import format as fmt
+
+
+def flip_bits(seed: int, samples: np.ndarray) -> np.ndarray:
+  """Deterministic fair coin per (seed, global sample index): True -> use the flipped latent.
+
+  splitmix64 of the index mixed with the seed (vectorised, no per-sample Generator).
+  """
+  with np.errstate(over="ignore"):
+    x = np.asarray(samples, np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(
+      (seed * 2 + 1) & 0xFFFFFFFFFFFFFFFF
+    )
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+  return (x >> np.uint64(63)).astype(bool)
+
+
+class LatentSource:
+  """Random access to a complete cache: `read(indices, flips)` -> (float32 (n, L, D), labels)."""
+
+  def __init__(self, path: str | os.PathLike):
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    self.info = fmt.cache_info(path)
+    root = pathlib.Path(self.info["path"])
+    files = [str(root / s["file"]) for s in self.info["shards"]]
+    self._ds = ArrayRecordDataSource(files)
+    if len(self._ds) != self.info["num_examples"]:
+      raise fmt.IncompleteCacheError(
+        f"latent cache {root} holds {len(self._ds)} records but {fmt.INFO_FILE} says "
+        f"{self.info['num_examples']}; re-create it with --overwrite ({fmt.CACHE_COMMAND})"
+      )
+    self.num_tokens, self.dim, self.dtype = (
+      self.info["num_tokens"],
+      self.info["dim"],
+      self.info["dtype"],
+    )
+
+  def __len__(self) -> int:
+    return self.info["num_examples"]
+
+  def _records(self, indices: Sequence[int]) -> list[bytes]:
+    return self._ds.__getitems__([int(i) for i in indices])
+
+  def read_both(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Examples -> latents (n, 2, L, D) in the cache dtype (variant 1 = flip), labels (n,)."""
+    return fmt.decode_records(self._records(indices), self.num_tokens, self.dim, self.dtype)
+
+  def read(self, indices: Sequence[int], flips: np.ndarray | None = None):
+    """Examples -> float32 latents (n, L, D) (flipped variant where `flips`), int32 labels."""
+    records = self._records(indices)
+    return fmt.decode_variants(records, self.num_tokens, self.dim, self.dtype, flips)
+
+
+class LatentTrainData(pipeline.ShuffledBatches):
+  """TrainData contract over a latent cache: {"latent": float32 (B_local, L, D), "label"}.
+
+  `source` is a LatentSource; a subclass may pass another sized source (the online encoder
+  passes its images) and override `batch`, keeping the same `selection`.
+  """
+
+  def __init__(self, source, *, random_flip: bool = True, **batching):
+    """`batching`: global_batch, seed, process_index/count, num_workers, prefetch (as the base)."""
+    super().__init__(len(source), **batching)
+    self.source, self.random_flip = source, random_flip
+    self.info = getattr(source, "info", None)
+
+  def flips(self, samples: np.ndarray) -> np.ndarray:
+    """Per global sample: True -> the flipped variant (`flip_bits`), never without random_flip."""
+    if not self.random_flip:
+      return np.zeros(len(samples), bool)
+    return flip_bits(self.seed, samples)
+
+  def selection(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(example indices, flips) of this process's samples of step `step`."""
+    g = self.local_samples(step)
+    return self.example_indices(g), self.flips(g)
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    latent, label = self.source.read(*self.selection(step))
+    return {"latent": latent, "label": label}
+
+
+def padded_chunks(
+  n: int, batch_size: int, process_index: int, process_count: int
+) -> list[np.ndarray]:
+  """Strided per-process eval items, padded with -1 to the same number of batches everywhere."""
+  items = np.arange(n)[process_index::process_count]
+  per_process = math.ceil(n / process_count)
+  num_batches = max(1, math.ceil(per_process / batch_size))
+  items = np.concatenate([items, -np.ones(num_batches * batch_size - len(items), np.int64)])
+  return np.split(items, num_batches)
+
+
+class LatentEvalData:
+  """Evaluation batches over examples [0, num) of a cache (center crop, no flip), padded, masked.
+
+  Every process yields the same number of batches (padding rows have mask False).
+  """
+
+  def __init__(
+    self,
+    source: LatentSource,
+    *,
+    batch_size: int,
+    num: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
+    self.source, self.batch_size = source, batch_size
+    self.num_examples = len(source) if not num else min(num, len(source))
+    self._chunks = padded_chunks(self.num_examples, batch_size, process_index, process_count)
+
+  def iterator(self) -> Iterator[dict[str, np.ndarray]]:
+    for chunk in self._chunks:
+      mask = chunk >= 0
+      latent, label = self.source.read(np.where(mask, chunk, 0))
+      yield {"latent": latent, "label": np.where(mask, label, 0).astype(np.int32), "mask": mask}
