@@ -19,18 +19,7 @@ from softvq_jax.objectives import tokenizer as tokenizer_objective
 
 def build(disc_cfg, dtype=jnp.float32):
   """The discriminator module named by `loss.disc.name` ('patchgan' needs no pretrained weights)."""
-  name = disc_cfg.name
-  if name == "patchgan":
-    return discriminators.build_discriminator(
-      "patchgan", ndf=disc_cfg.get("ndf", 64), n_layers=disc_cfg.get("n_layers", 3)
-    )
-  if name == "dino":
-    from softvq_jax.models.frozen import dino
-
-    depth, width, heads = dino.TRUNK_VARIANTS[disc_cfg.get("dino_variant", "S")]
-    trunk = dino.trunk_fn(dtype=dtype, depth=depth, width=width, num_heads=heads)
-    return discriminators.build_discriminator("dino", trunk_fn=trunk)
-  return discriminators.build_discriminator(name)
+  return discriminators.discriminator_from_config(disc_cfg, dtype)
 
 
 def init(module, key: jax.Array, x: jax.Array, tx: optax.GradientTransformation, frozen=None):

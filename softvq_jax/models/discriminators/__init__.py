@@ -28,6 +28,17 @@ def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
   return DISCRIMINATORS[name](**kwargs)
 
 
+def discriminator_from_config(disc_cfg: Any, dtype: Any = None) -> nn.Module:
+  """The discriminator named by `loss.disc.name`, built by its class's `from_config`."""
+  name = disc_cfg.name
+  if name not in DISCRIMINATORS:
+    raise ValueError(
+      f"loss.disc.name: unknown discriminator {name!r}, choose from {sorted(DISCRIMINATORS)}"
+    )
+  cls = DISCRIMINATORS[name]
+  return cls.from_config(disc_cfg) if dtype is None else cls.from_config(disc_cfg, dtype)
+
+
 def init_discriminator(
   module: nn.Module, key: jax.Array, x: jax.Array, frozen: Any = None
 ) -> tuple[Any, dict]:

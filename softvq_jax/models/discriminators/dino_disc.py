@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from softvq_jax.models.discriminators.dino_heads import DinoHeads, HeadSizes
 
@@ -29,6 +30,14 @@ class DinoDiscriminator(HeadSizes):
 
   trunk_fn: TrunkFn | None = None  # required; a default only so the shared sizes come first
   num_heads: int = 5
+
+  @classmethod
+  def from_config(cls, disc_cfg: Any, dtype: Dtype = jnp.float32) -> DinoDiscriminator:
+    """From the `loss.disc` section: the trunk of `dino_variant` (S, or tiny for tests)."""
+    from softvq_jax.models.frozen import dino
+
+    depth, width, heads = dino.TRUNK_VARIANTS[disc_cfg.get("dino_variant", "S")]
+    return cls(trunk_fn=dino.trunk_fn(dtype=dtype, depth=depth, width=width, num_heads=heads))
 
   @nn.compact
   def __call__(

@@ -36,6 +36,12 @@ class PatchGANDiscriminator(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @classmethod
+  def from_config(cls, disc_cfg: Any, dtype: Dtype = jnp.float32) -> PatchGANDiscriminator:
+    """From the `loss.disc` section: `ndf`, `n_layers` (computed in float32, as before)."""
+    del dtype
+    return cls(ndf=disc_cfg.get("ndf", 64), n_layers=disc_cfg.get("n_layers", 3))
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True, update_stats: bool = False) -> jax.Array:
     def conv(features, stride, use_bias, name):
