@@ -141,22 +141,18 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.loss.align.proj_dim = 1024
   c.loss.align.teacher_patch_size = 16
 
-  c.optim = ConfigDict()
-  c.optim.name = "adamw"
-  c.optim.lr = 1e-4  # at batch 256; scaled linearly with the global batch (lr_batch_scaling)
-  c.optim.lr_batch_scaling = True
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.95
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = "cosine"
-  c.optim.warmup_epochs = 1.0  # used when warmup_steps == 0
-  c.optim.warmup_steps = 0
-  c.optim.warmup_init_lr = 1e-5  # timm's warmup_lr
-  c.optim.min_lr_ratio = 0.1
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.9999
-  c.optim.grad_accum_steps = 1
+  # AdamW (decay off biases and 1-D params); lr at batch 256, scaled linearly with the global batch.
+  c.optim = _optim_section(
+    lr=1e-4,
+    lr_batch_scaling=True,
+    b2=0.95,
+    weight_decay=1e-4,
+    schedule="cosine",
+    warmup_epochs=1.0,  # used when warmup_steps == 0
+    warmup_init_lr=1e-5,  # timm's warmup_lr
+    min_lr_ratio=0.1,
+    grad_clip=1.0,
+  )
 
   c.data = ConfigDict()
   c.data.name = "imagenet"
@@ -185,6 +181,34 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
 
   if a.quick:
     _make_quick(c, a)
+  return c
+
+
+def _optim_section(**values) -> ConfigDict:
+  """The `optim` section: every key the optimizer reads (training/optim.py), with `values` set."""
+  c = ConfigDict(
+    dict(
+      name="adamw",
+      lr=1e-4,
+      lr_batch_scaling=False,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      schedule="constant",
+      warmup_steps=0,
+      warmup_epochs=0.0,
+      warmup_init_lr=0.0,
+      min_lr_ratio=0.0,
+      grad_clip=0.0,
+      ema_decay=0.9999,
+      grad_accum_steps=1,
+    )
+  )
+  for k, v in values.items():
+    if k not in c:
+      raise KeyError(f"optim.{k} is not an optimizer key")
+    c[k] = v
   return c
 
 
@@ -290,22 +314,10 @@ def generator_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.diffusion.noise_schedule = "cosine"
   c.diffusion.steps = 1000
 
-  c.optim = ConfigDict()
-  c.optim.name = "adamw"
-  c.optim.lr = 1e-4
-  c.optim.lr_batch_scaling = False
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.0
-  c.optim.schedule = "constant"
-  c.optim.warmup_steps = 0
-  c.optim.warmup_epochs = 0.0
-  c.optim.warmup_init_lr = 0.0
-  c.optim.min_lr_ratio = 0.0
-  c.optim.grad_clip = 1.0 if a.kind == "sit" else 0.0  # train_dit.py does not clip
-  c.optim.ema_decay = 0.9999
-  c.optim.grad_accum_steps = 1
+  c.optim = _optim_section(  # constant AdamW 1e-4, no decay (SPEC §2.2)
+    b2=0.999,
+    grad_clip=1.0 if a.kind == "sit" else 0.0,  # train_dit.py does not clip
+  )
 
   c.data = ConfigDict()
   c.data.name = "latents"
