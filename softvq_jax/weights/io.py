@@ -130,3 +130,13 @@ def nest(flat: Mapping[tuple[str, ...], object]) -> dict:
       node = node.setdefault(k, {})
     node[path[-1]] = v
   return out
+
+
+def check_paths(flat: Mapping[tuple[str, ...], object], expected, what: str) -> None:
+  """KeyError naming the missing and unexpected param paths when `flat` does not match `what`."""
+  paths = set(expected)
+  if set(flat) != paths:
+    raise KeyError(
+      f"params do not match {what}: missing {sorted('/'.join(p) for p in paths - set(flat))}, "
+      f"unexpected {sorted('/'.join(p) for p in set(flat) - paths)}"
+    )

@@ -175,12 +175,7 @@ def sit_to_reference(params: Mapping[str, Any], model: SiT) -> dict[str, np.ndar
   """Flax params -> reference state dict (PyTorch layout, with the fixed `pos_embed` buffer)."""
   flat = io.flatten(params)
   entries = key_map(model)
-  paths = {p for p, _, _ in entries}
-  if set(flat) != paths:
-    raise KeyError(
-      f"params do not match the model: missing {sorted('/'.join(p) for p in paths - set(flat))}, "
-      f"unexpected {sorted('/'.join(p) for p in set(flat) - paths)}"
-    )
+  io.check_paths(flat, (p for p, _, _ in entries), "the model")
   out = {key: io.TO_TORCH[kind](np.asarray(flat[path])) for path, key, kind in entries}
   out["pos_embed"] = model.pos_embed()[None]
   return {k: np.ascontiguousarray(v) for k, v in out.items()}

@@ -205,12 +205,7 @@ def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any])
   ref = flatten_reference_config(config)
   flat = io.flatten(params)
   entries = key_map(cfg)
-  paths = {p for p, _, _ in entries}
-  if set(flat) != paths:
-    raise KeyError(
-      f"params do not match the config: missing {sorted('/'.join(p) for p in paths - set(flat))}, "
-      f"unexpected {sorted('/'.join(p) for p in set(flat) - paths)}"
-    )
+  io.check_paths(flat, (p for p, _, _ in entries), "the config")
   out: dict[str, np.ndarray] = {}
   for path, key, kind in entries:
     a = np.asarray(flat[path])
