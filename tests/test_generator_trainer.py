@@ -206,7 +206,7 @@ def test_generator_configs_build_and_validate(variant, arg):
 def test_converted_generator_samples_with_its_tokenizer(setup, tmp_path):
   """A model dir from `convert sit` + a tokenizer dir -> images; a mismatched tokenizer errors."""
   _, tok_dir, _ = setup
-  from softvq_jax.cli.convert import main_sit
+  from softvq_jax.cli.convert import main as convert_main
   from softvq_jax.models.sit import build_generator
   from softvq_jax.weights.io import save_safetensors
   from softvq_jax.weights.sit import sit_to_reference
@@ -217,8 +217,9 @@ def test_converted_generator_samples_with_its_tokenizer(setup, tmp_path):
   save_safetensors(sit_to_reference(params["params"], model), tmp_path / "model.safetensors")
   ref_cfg = dict(in_channels=D, input_size=L, depth=2, hidden_size=64, num_heads=4, vae_1d=True)
   (tmp_path / "config.json").write_text(json.dumps(ref_cfg))
-  out = main_sit(
+  out = convert_main(
     [
+      "sit",
       "--config",
       str(tmp_path / "config.json"),
       "--weights",
@@ -239,8 +240,9 @@ def test_converted_generator_samples_with_its_tokenizer(setup, tmp_path):
   )()
   save_safetensors(sit_to_reference(p2["params"], model2), tmp_path / "m2.safetensors")
   (tmp_path / "c2.json").write_text(json.dumps(bad))
-  out2 = main_sit(
+  out2 = convert_main(
     [
+      "sit",
       "--config",
       str(tmp_path / "c2.json"),
       "--weights",

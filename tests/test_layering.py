@@ -162,3 +162,16 @@ def test_library_files_stay_short():
     module_name(p): n for p in library_files() if (n := len(p.read_text().splitlines())) > MAX_LINES
   }
   assert not long, f"library files over {MAX_LINES} lines: {long}"
+
+
+def test_data_holds_no_model_code():
+  """data/ sits above models/ in the order, but imports none of models, weights, objectives or
+  sampling: the encoders it needs (latent caches) are passed in by training/ and cli/."""
+  model_layers = {"models", "weights", "objectives", "sampling"}
+  bad = []
+  for path in (ROOT / "data").rglob("*.py"):
+    module = module_name(path)
+    for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py"):
+      if layer(target) in model_layers:
+        bad.append(f"{module}:{line} imports {target}")
+  assert not bad, bad

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from softvq_jax import checkpointing
-from softvq_jax.cli.convert import main_sit
+from softvq_jax.cli.convert import main as convert_main
 from softvq_jax.models.sit import DiT, SiT, build_generator
 from softvq_jax.objectives import diffusion as D
 from softvq_jax.sampling import cfg as cfg_lib
@@ -350,8 +350,9 @@ def test_convert_cli(tmp_path):
   rebuilt = generator_from_config(cfg["model"])
   assert rebuilt == model
   with pytest.raises(cio.WeightFileError, match="--weights"):
-    main_sit(
+    convert_main(
       [
+        "sit",
         "--config",
         str(tmp_path / "config.json"),
         "--weights",

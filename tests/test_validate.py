@@ -204,3 +204,4 @@ def test_generator_choices_come_from_the_registries():
       validate(_generator(**{"transport.path": path, "transport.time_sampling": ts}))
   latent_sets = [n for n in data.DATASETS if n not in data.IMAGE_DATASETS]
   assert set(latent_sets) == {"latents", "latents_online"}
+  assert set(data.LATENT_DATASETS) == set(latent_sets)  # the table validate.py reads

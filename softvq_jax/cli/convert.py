@@ -80,19 +80,15 @@ def add_sit_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--overwrite", action="store_true")
 
 
-def main_sit(args: argparse.Namespace | list[str]) -> pathlib.Path:
+def main_sit(args: argparse.Namespace) -> pathlib.Path:
   """Reference config.json + weights -> model dir (params + config.json with `model`)."""
   from softvq_jax import checkpointing
   from softvq_jax.weights import io
 
-  if not isinstance(args, argparse.Namespace):
-    parser = argparse.ArgumentParser(prog="python -m softvq_jax.convert sit")
-    add_sit_arguments(parser)
-    args = parser.parse_args(args)
   cfg_path = io.require_file(args.config, "reference SiT config", "--config")
   ref_config = json.loads(cfg_path.read_text())
   state_dict = io.load_state_dict(args.weights, "reference SiT weights", "--weights")
-  model, params = sit.sit_from_reference(ref_config, state_dict, getattr(args, "kind", None))
+  model, params = sit.sit_from_reference(ref_config, state_dict, args.kind)
   config = {"model": sit.generator_config(model), "reference_config": ref_config}
   out = checkpointing.save_model(args.out, params, config, overwrite=args.overwrite)
   print(f"wrote {out}")
@@ -105,9 +101,9 @@ def main_dino_disc(args: argparse.Namespace) -> pathlib.Path:
   from softvq_jax.models.frozen.dino import TRUNK_VARIANTS
   from softvq_jax.weights import dino_disc
 
-  sd = dino_disc.load_reference_dino_disc(args.weights)
+  sd = dino_disc.strip_prefix(dino_disc.load_reference_dino_disc(args.weights), args.prefix)
   width = TRUNK_VARIANTS[args.variant][1]
-  params, state = dino_disc.dino_disc_from_reference(sd, width=width, prefix=args.prefix)
+  params, state = dino_disc.dino_disc_from_reference(sd, width=width, prefix="")
   config = {
     "model": {
       "kind": "dino_disc",
@@ -117,7 +113,7 @@ def main_dino_disc(args: argparse.Namespace) -> pathlib.Path:
       "kernel_size": int(params["heads"]["heads_0"]["res_conv"]["kernel"].shape[0]),
       "spectral": "spectral" in state,
     },
-    "num_batches_tracked": dino_disc.reference_num_batches_tracked(sd, args.prefix),
+    "num_batches_tracked": dino_disc.reference_num_batches_tracked(sd, prefix=""),
     "source": str(args.weights),
   }
   tree = {"params": params, "stats": state}

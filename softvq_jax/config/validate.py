@@ -16,6 +16,9 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from softvq_jax.utils.config_access import cfg_at
+from softvq_jax.utils.config_access import cfg_get as _get
+
 
 class ConfigError(ValueError):
   """A config value is invalid; raised before anything compiles."""
@@ -79,12 +82,6 @@ def _validate_optim(config: ConfigDict) -> None:
 
 
 # ---------------------------------------------------------------------------------- tokenizer
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-  from softvq_jax.models.quantizers import cfg_get
-
-  return cfg_get(cfg, key, default)
-
-
 def validate_tokenizer(model_cfg: Any, quantizer_cfg: Any) -> None:
   """The `model` and `quantizer` sections of a tokenizer (dicts or ConfigDicts): raises
   ConfigError naming the offending key; silent if `models.factory.build_tokenizer` can build it."""
@@ -199,10 +196,10 @@ def _validate_tokenizer_loss(config: ConfigDict) -> None:
   from softvq_jax.models.frozen.dinov2 import TEACHER_VARIANTS
   from softvq_jax.models.projector import ALIGN_MODES
   from softvq_jax.objectives import adversarial, diffaug
+  from softvq_jax.objectives.reconstruction import REC_TYPES
 
   loss, need = config.loss, _need
-  # The reconstruction kinds of training/tokenizer.py's reconstruction_loss.
-  need(loss.rec_type in ("l2", "l1"), f"loss.rec_type={loss.rec_type!r}; l2|l1")
+  need(loss.rec_type in REC_TYPES, f"loss.rec_type={loss.rec_type!r}; one of {REC_TYPES}")
   need(loss.perceptual_weight >= 0, "loss.perceptual_weight must be >= 0")
   disc, align = loss.disc, loss.align
   need(disc.weight >= 0, "loss.disc.weight must be >= 0")
@@ -252,13 +249,6 @@ def _validate_tokenizer_loss(config: ConfigDict) -> None:
     )
 
 
-def _at(config: ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
 def check_weight_files(config: ConfigDict) -> None:
   """Raises WeightFileError naming the file and key of each missing weight file (before compiling).
 
@@ -300,7 +290,7 @@ def check_weight_files(config: ConfigDict) -> None:
   for name in needed:
     keys, what = frozen_nets.WEIGHT_FILES[name]
     for key in keys:
-      path = _at(config, key)
+      path = cfg_at(config, key)
       if key == "loss.lpips_vgg_path" and not path:
         continue
       require_file(path, what, key)
@@ -324,10 +314,9 @@ def _validate_generator(config: ConfigDict) -> None:
   need(m.dtype in factory.DTYPES, f"model.dtype={m.dtype!r}; use one of {sorted(factory.DTYPES)}")
   # The latent statistics sources of training/generator.py's resolve_latents.
   need(m.latent_stats in ("cache", "tokenizer"), "model.latent_stats: cache | tokenizer")
-  latent_sets = tuple(n for n in data.DATASETS if n not in data.IMAGE_DATASETS)
   need(
-    d.name in latent_sets,
-    f"data.name={d.name!r}: generators train on latents ({' | '.join(latent_sets)})",
+    d.name in data.LATENT_DATASETS,
+    f"data.name={d.name!r}: generators train on latents ({' | '.join(data.LATENT_DATASETS)})",
   )
   if d.name == "latents":
     need(
@@ -336,8 +325,8 @@ def _validate_generator(config: ConfigDict) -> None:
       "(create it with python -m softvq_jax.data.cache_latents)",
     )
   if d.name == "latents_online":
-    need(
-      bool(d.get("tokenizer", "") or m.get("tokenizer", "")),
+    need(  # the encoder is data.tokenizer (training/online_latents.py)
+      bool(d.get("tokenizer", "")),
       "data.name='latents_online' needs --config.data.tokenizer=/path/to/tokenizer",
     )
     src = d.get("image_source", "photos")

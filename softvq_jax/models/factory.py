@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from softvq_jax.models import quantizers, vit
-from softvq_jax.models.quantizers import cfg_get as _get
 from softvq_jax.models.tokenizer import Tokenizer, ViTDecoder, ViTEncoder
+from softvq_jax.utils.config_access import cfg_get as _get
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TO_PIXEL = ("linear", "conv")  # ViTDecoder.pixel_head

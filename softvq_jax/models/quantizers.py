@@ -16,7 +16,6 @@ defaults below). The values are checked by `softvq_jax.config.validate`, not her
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -24,17 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from softvq_jax.models.functional import l2_normalize
+from softvq_jax.utils.config_access import cfg_get
 
 Dtype = Any
 _HI = jax.lax.Precision.HIGHEST
 LOGIT_FORMS = ("cosine", "distance")  # SoftVectorQuantizer.logit_form
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-  """cfg[key] or `default` for a plain dict, a ConfigDict or an attribute object."""
-  if isinstance(cfg, Mapping) or hasattr(cfg, "get"):  # dict or ConfigDict
-    return cfg.get(key, default)
-  return getattr(cfg, key, default)
 
 
 def entropy_loss(affinity: jax.Array, temperature: float = 0.01, log_eps: float = 1e-6):
@@ -108,20 +101,23 @@ def _sq_dist(z: jax.Array, c: jax.Array) -> jax.Array:
 
 
 class FromConfig:
-  """`from_config(quantizer_cfg, embed_dim)`: every field but embed_dim read from the `quantizer`
-  section (dict or ConfigDict) under its own name, with the field's default when absent."""
+  """`from_config(quantizer_cfg, embed_dim)`: `embed_dim` (if the quantizer has one) plus every
+  other field read from the `quantizer` section (dict or ConfigDict) under its own name, with the
+  field's default when absent."""
 
   @classmethod
   def from_config(cls, quantizer_cfg: Any, embed_dim: int):
-    skip = ("embed_dim", "param_dtype", "parent", "name")
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")]
     kw = {
       f.name: cfg_get(
         quantizer_cfg, f.name, None if f.default is dataclasses.MISSING else f.default
       )
-      for f in dataclasses.fields(cls)
-      if f.name not in skip and f.init
+      for f in fields
+      if f.name not in ("embed_dim", "param_dtype")
     }
-    return cls(embed_dim=embed_dim, **kw)
+    if any(f.name == "embed_dim" for f in fields):
+      kw["embed_dim"] = embed_dim
+    return cls(**kw)
 
 
 class _Codebook(FromConfig, nn.Module):
@@ -277,16 +273,10 @@ class DiagonalGaussianQuantizer(FromConfig, nn.Module):
     return z, info
 
 
-class IdentityQuantizer(nn.Module):
+class IdentityQuantizer(FromConfig, nn.Module):
   """Plain autoencoder: z_q = z_e, no loss."""
 
   quant_conv_factor: ClassVar[int] = 1
-
-  @classmethod
-  def from_config(cls, quantizer_cfg: Any, embed_dim: int) -> IdentityQuantizer:
-    """No keys: a plain autoencoder bottleneck."""
-    del quantizer_cfg, embed_dim
-    return cls()
 
   @nn.compact
   def __call__(self, z_e: jax.Array, train: bool = False):

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from softvq_jax.objectives.diffaug import diff_augment
+from softvq_jax.objectives.terms import weighted_sum
+from softvq_jax.utils.config_access import cfg_get
 
 DiscApply = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
@@ -170,7 +172,7 @@ class AdvLossConfig:
   @classmethod
   def from_config(cls, disc: Any) -> AdvLossConfig:
     """From the `loss.disc` ConfigDict (or a dict); missing keys keep the defaults above."""
-    get = disc.get if hasattr(disc, "get") else lambda k, d=None: getattr(disc, k, d)
+    get = lambda key, default: cfg_get(disc, key, default)
     d = cls()
     return cls(
       d_loss=get("loss", d.d_loss),
@@ -246,7 +248,7 @@ def discriminator_step_loss(
     cr = consistency_loss([logits_r, logits_f], [logits_rs, logits_fs])
     cr_w = jnp.where(jnp.asarray(step) >= cfg.start, jnp.float32(cfg.cr_weight), jnp.float32(0.0))
     terms.append(("cr_loss", cr_w, cr))
-  loss = sum(w * v for _, w, v in terms)
+  loss = weighted_sum(terms)
   metrics.update({name: v for name, _, v in terms}, d_total=loss)
   return loss, (d_state, dict(lecam_ema), metrics)
 

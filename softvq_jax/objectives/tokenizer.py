@@ -49,8 +49,8 @@ import jax.numpy as jnp
 from softvq_jax.models.projector import check_mode
 from softvq_jax.objectives import adversarial, alignment, perceptual
 from softvq_jax.objectives.reconstruction import check_rec_type, reconstruction_loss
+from softvq_jax.objectives.terms import Term, weighted_sum
 
-Term = tuple[str, Any, jax.Array]  # (metric name, weight, unweighted value)
 # Time-varying weights are logged under their own tags.
 WEIGHT_TAGS = {"perceptual_loss": "perceptual_weight", "gan/gen_adv_loss": "gan/g_weight"}
 
@@ -95,16 +95,6 @@ class TokenizerObjective:
   @property
   def use_align(self) -> bool:
     return self.align_weight > 0
-
-
-def weighted_sum(terms: Sequence[Term]) -> jax.Array:
-  """sum(weight * value) over the terms, left to right."""
-  if not terms:
-    raise ValueError("weighted_sum: no terms")
-  total = None
-  for _, w, v in terms:
-    total = w * v if total is None else total + w * v
-  return total
 
 
 def _need(value, what: str, why: str):

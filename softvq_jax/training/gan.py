@@ -1,4 +1,4 @@
-"""The discriminator side of the tokenizer objective: building it, its state, and its update.
+"""The discriminator side of the tokenizer objective: its state and its update.
 
 The discriminator's params, optimizer state, BatchNorm/spectral-norm statistics and the LeCam
 EMAs live in `TrainState.extra["disc"]`, so they are sharded and checkpointed with everything
@@ -15,11 +15,6 @@ import optax
 from softvq_jax.models import discriminators
 from softvq_jax.objectives import adversarial
 from softvq_jax.objectives import tokenizer as tokenizer_objective
-
-
-def build(disc_cfg, dtype=jnp.float32):
-  """The discriminator module named by `loss.disc.name` ('patchgan' needs no pretrained weights)."""
-  return discriminators.discriminator_from_config(disc_cfg, dtype)
 
 
 def init(module, key: jax.Array, x: jax.Array, tx: optax.GradientTransformation, frozen=None):

@@ -88,7 +88,7 @@ class TokenizerTask(loop.Task):
     self.use_gan, self.use_align = self.objective.use_gan, self.objective.use_align
     # grad_accum_steps > 1 with the GAN or alignment loss is refused by config/validate.py.
     if self.use_gan:
-      self.disc = gan_state.build(loss.disc, self.dtype)
+      self.disc = discriminators.discriminator_from_config(loss.disc, self.dtype)
       # The discriminator has its own optimizer with the same hyper-parameters (reference).
       self.disc_tx, _ = optim.optimizer_from_config(
         config.optim, self.peak_lr, total_steps, warmup_steps
@@ -243,8 +243,7 @@ class TokenizerTask(loop.Task):
     from softvq_jax import checkpointing
 
     tree, _ = checkpointing.load_model(path)
-    disc = jax.device_get(state.extra["disc"])
-    want = {"params": disc["params"], "stats": disc["stats"]}
+    want = {k: state.extra["disc"][k] for k in ("params", "stats")}
     shapes = lambda tr: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tr)
     if jax.tree.structure(tree) != jax.tree.structure(want) or shapes(tree) != shapes(want):
       raise ValueError(
@@ -252,8 +251,7 @@ class TokenizerTask(loop.Task):
         f"{self.config.loss.disc.name!r}, dino_variant={self.config.loss.disc.dino_variant!r}); "
         "convert the reference heads with the same sizes (python -m softvq_jax.convert dino-disc)"
       )
-    target = jax.tree.map(lambda x: x.sharding, {k: state.extra["disc"][k] for k in want})
-    new = jax.device_put(jax.tree.map(jnp.asarray, tree), target)
+    new = jax.device_put(tree, jax.tree.map(lambda x: x.sharding, want))
     extra = {**state.extra, "disc": {**state.extra["disc"], **new}}
     logging.info("Discriminator heads initialised from %s", path)
     return state.replace(extra=extra)

@@ -259,18 +259,17 @@ def dino_disc_to_reference(
   return {k: np.require(v, requirements="C") for k, v in out.items()}  # keeps 0-d scalars 0-d
 
 
+# The reference training checkpoint keeps the discriminator under "discriminator".
+WRAPPERS = ("discriminator", "state_dict", "module")
+
+
 def select_state_dict(obj: Any) -> Mapping[str, Any]:
   """The discriminator's state dict inside a loaded reference `.pt` object.
 
   A training checkpoint {"model", "discriminator", "optimizer", ...} -> its "discriminator"; a
   {"state_dict" | "module": ...} wrapper -> its content; a state dict as is.
   """
-  for key in ("discriminator", "state_dict", "module"):
-    if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-      return select_state_dict(obj[key]) if key != "discriminator" else obj[key]
-  if not isinstance(obj, Mapping):
-    raise ValueError(f"{WHAT}: expected a state dict, got {type(obj).__name__}")
-  return obj
+  return io.unwrap_state_dict(obj, WRAPPERS)
 
 
 def load_reference_dino_disc(
@@ -278,22 +277,4 @@ def load_reference_dino_disc(
 ) -> dict[str, np.ndarray]:
   """{key: np.ndarray} from .safetensors / .npz, or (torch installed) a .pt/.pth state dict or
   reference training checkpoint (its "discriminator" entry is taken)."""
-  p = io.require_file(path, WHAT, config_key)
-  if p.suffix.lower() not in (".pth", ".pt", ".bin", ".ckpt"):
-    return io.load_state_dict(p, WHAT, config_key)
-  try:
-    import torch
-  except ImportError:
-    return io.load_state_dict(p, WHAT, config_key)  # raises, with the one-off conversion recipe
-  import argparse
-  import contextlib
-
-  safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-  with safe([argparse.Namespace]) if safe else contextlib.nullcontext():  # the ckpt's "args"
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
-  sd = select_state_dict(obj)
-  return {
-    k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-    for k, v in sd.items()
-    if hasattr(v, "numpy")
-  }
+  return io.load_state_dict(path, WHAT, config_key, wrappers=WRAPPERS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,19 @@ def require_file(path: str | os.PathLike, what: str, config_key: str | None = No
   return p
 
 
-def load_state_dict(path: str | os.PathLike, what: str = "weights", config_key: str | None = None):
-  """Loads {key: np.ndarray} from .safetensors, .npz or (with torch installed) .pth/.pt/.bin."""
+# Keys of a torch checkpoint that wrap the state dict, unwrapped in this order.
+TORCH_WRAPPERS = ("state_dict", "model", "module")
+
+
+def load_state_dict(
+  path: str | os.PathLike,
+  what: str = "weights",
+  config_key: str | None = None,
+  wrappers: tuple[str, ...] = TORCH_WRAPPERS,
+):
+  """Loads {key: np.ndarray} from .safetensors, .npz or (with torch installed) .pth/.pt/.bin.
+
+  A torch file's object is unwrapped through `wrappers` (see `unwrap_state_dict`)."""
   p = require_file(path, what, config_key)
   suffix = p.suffix.lower()
   try:
@@ -44,7 +56,7 @@ def load_state_dict(path: str | os.PathLike, what: str = "weights", config_key: 
       with np.load(p, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-      return _load_torch(p)
+      return _load_torch(p, wrappers)
   except WeightFileError:
     raise
   except Exception as e:  # corrupt or truncated files
@@ -55,7 +67,18 @@ def load_state_dict(path: str | os.PathLike, what: str = "weights", config_key: 
   )
 
 
-def _load_torch(p: pathlib.Path) -> dict[str, np.ndarray]:
+def unwrap_state_dict(obj: Any, wrappers: tuple[str, ...] = TORCH_WRAPPERS) -> Mapping[str, Any]:
+  """The state dict inside a loaded checkpoint: `obj[w]` for each wrapper key w present, in order
+  (e.g. a training checkpoint's "discriminator", then its "state_dict")."""
+  for key in wrappers:
+    if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+      obj = obj[key]
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"expected a state dict, got {type(obj).__name__}")
+  return obj
+
+
+def _load_torch(p: pathlib.Path, wrappers: tuple[str, ...]) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
@@ -65,12 +88,16 @@ def _load_torch(p: pathlib.Path) -> dict[str, np.ndarray]:
       "sd = torch.load('IN.pth', map_location='cpu'); "
       "st.save_file({k: v.contiguous() for k, v in sd.items()}, 'OUT.safetensors')\""
     ) from e
-  obj = torch.load(str(p), map_location="cpu", weights_only=True)
-  for key in ("state_dict", "model", "module"):  # common wrappers
-    if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-      obj = obj[key]
+  import argparse
+  import contextlib
+
+  safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+  with safe([argparse.Namespace]) if safe else contextlib.nullcontext():  # training ckpt "args"
+    obj = torch.load(str(p), map_location="cpu", weights_only=True)
   return {
-    k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()
+    k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+    for k, v in unwrap_state_dict(obj, wrappers).items()
+    if hasattr(v, "numpy")  # tensors only (checkpoints may hold step counters, names)
   }
 
 

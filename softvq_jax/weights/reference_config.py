@@ -190,10 +190,6 @@ def reference_to_model_config(
   return {"model": model_cfg, "quantizer": quantizer_cfg}
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
-
 def model_to_reference_config(config: Any) -> dict[str, Any]:
   """Our config ({"model", "quantizer"}, dict or ConfigDict) -> a flat reference ModelArgs dict.
 

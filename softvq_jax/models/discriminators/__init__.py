@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from softvq_jax.models.discriminators.dino_disc import DinoDiscriminator
 from softvq_jax.models.discriminators.patchgan import PatchGANDiscriminator
@@ -19,24 +20,22 @@ from softvq_jax.models.discriminators.patchgan import PatchGANDiscriminator
 DISCRIMINATORS = {"patchgan": PatchGANDiscriminator, "dino": DinoDiscriminator}
 
 
+def _registered(name: str) -> type[nn.Module]:
+  if name not in DISCRIMINATORS:
+    raise ValueError(
+      f"loss.disc.name: unknown discriminator {name!r}, choose from {sorted(DISCRIMINATORS)}"
+    )
+  return DISCRIMINATORS[name]
+
+
 def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
   """DISCRIMINATORS[name](**kwargs); "dino" needs `trunk_fn` (see dino_disc.py)."""
-  if name not in DISCRIMINATORS:
-    raise ValueError(
-      f"loss.disc.name: unknown discriminator {name!r}, choose from {sorted(DISCRIMINATORS)}"
-    )
-  return DISCRIMINATORS[name](**kwargs)
+  return _registered(name)(**kwargs)
 
 
-def discriminator_from_config(disc_cfg: Any, dtype: Any = None) -> nn.Module:
+def discriminator_from_config(disc_cfg: Any, dtype: Any = jnp.float32) -> nn.Module:
   """The discriminator named by `loss.disc.name`, built by its class's `from_config`."""
-  name = disc_cfg.name
-  if name not in DISCRIMINATORS:
-    raise ValueError(
-      f"loss.disc.name: unknown discriminator {name!r}, choose from {sorted(DISCRIMINATORS)}"
-    )
-  cls = DISCRIMINATORS[name]
-  return cls.from_config(disc_cfg) if dtype is None else cls.from_config(disc_cfg, dtype)
+  return _registered(disc_cfg.name).from_config(disc_cfg, dtype)
 
 
 def init_discriminator(
