@@ -18,9 +18,10 @@ from ml_collections import ConfigDict
 
 from softvq_jax.utils.config_access import cfg_at
 from softvq_jax.utils.config_access import cfg_get as _get
+from softvq_jax.utils.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value is invalid; raised before anything compiles."""
 
 
