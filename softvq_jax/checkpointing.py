@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import jax
@@ -24,19 +25,40 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from softvq_jax.utils.errors import UserError
 from softvq_jax.utils.files import replace_dir
+from softvq_jax.utils.paths import user_path
 
 ITEMS = ("params", "ema_params", "train")
+SET_ASIDE = "checkpoints_set_aside"  # newer steps moved out of the way (never deleted)
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
-def _to_json(obj: Any) -> Any:
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (disk full, no permission); earlier ones are intact."""
+
+
+class CheckpointRestoreError(UserError):
+  """No checkpoint of a workdir could be restored (each step's failure is in the message)."""
+
+
+def _short_error(e: BaseException, directory: Any) -> str:
+  """The first line of an exception, or the line naming a file under `directory` if one does."""
+  text = f"{type(e).__name__}: {e}"
+  lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+  named = [ln for ln in lines if str(directory) in ln]
+  line = (named or lines or [type(e).__name__])[0]
+  return line if len(line) <= 300 else line[:297] + "..."
+
+
+def to_json(obj: Any) -> Any:
   """ConfigDicts / numpy scalars -> plain JSON types."""
   if hasattr(obj, "to_dict"):
     obj = obj.to_dict()
   if isinstance(obj, dict):
-    return {str(k): _to_json(v) for k, v in obj.items()}
+    return {str(k): to_json(v) for k, v in obj.items()}
   if isinstance(obj, list | tuple):
-    return [_to_json(v) for v in obj]
+    return [to_json(v) for v in obj]
   if isinstance(obj, np.generic):
     return obj.item()
   return obj
@@ -70,7 +92,8 @@ class CheckpointManager:
     save_every: int = 1,
     async_save: bool = True,
   ):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.workdir = user_path(workdir)
+    self.directory = self.workdir / "checkpoints"
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       keep_period=keep_every or None,
@@ -85,8 +108,16 @@ class CheckpointManager:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
+  def reload(self) -> None:
+    """Re-reads the step list from disk (after steps were set aside)."""
+    self._mngr.reload()
+
   def all_steps(self) -> list[int]:
     return list(self._mngr.all_steps())
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once JAX's preemption sync (TPU maintenance events) fired."""
+    return self._mngr.reached_preemption(step)
 
   def should_save(self, step: int) -> bool:
     """True at the periodic interval and when a preemption has been signalled."""
@@ -101,8 +132,8 @@ class CheckpointManager:
       params=ocp.args.StandardSave(params),
       ema_params=ocp.args.StandardSave(ema_params),
       train=ocp.args.StandardSave(train),
-      config=ocp.args.JsonSave(_to_json(config) if config is not None else {}),
-      data=ocp.args.JsonSave(_to_json(data_state) if data_state is not None else {}),
+      config=ocp.args.JsonSave(to_json(config) if config is not None else {}),
+      data=ocp.args.JsonSave(to_json(data_state) if data_state is not None else {}),
     )
     saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
     if saved:
@@ -138,11 +169,97 @@ class CheckpointManager:
     )
     return out[item]
 
+  def restore_good(
+    self, abstract_state: Any, step: int | None = None, accept: Any = None
+  ) -> tuple[Any, dict, int]:
+    """The newest restorable checkpoint at or before `step` -> (state, data_state, its step).
+
+    A step that fails to restore (truncated or missing files) or that `accept(state)` rejects
+    (e.g. non-finite values) is logged with its step and file, and the next older one is tried.
+    Nothing is deleted; newer steps than the one restored are moved to `<workdir>/{SET_ASIDE}/`
+    so that training can write those step numbers again.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise CheckpointRestoreError(
+          f"ckpt.restore_step={step}: no such checkpoint in {self.directory}; "
+          f"available steps: {sorted(steps)}"
+        )
+      steps = [s for s in steps if s <= step]
+    failures = []
+    for s in steps:
+      try:
+        state, data_state = self.restore(abstract_state, s)
+        problem = None if accept is None else accept(state)
+      except Exception as e:  # noqa: BLE001 -- any failure of one step means: try the previous
+        problem = _short_error(e, self.directory)
+      if problem is None:
+        if failures or (step is not None and step != max(self.all_steps())):
+          self.set_aside([n for n in self.all_steps() if n > s])
+        return state, data_state, s
+      failures.append(f"step {s}: {problem}")
+      logging.error(
+        "checkpoint step %d in %s cannot be used (%s); falling back to the previous one",
+        s,
+        self.directory,
+        problem,
+      )
+    raise CheckpointRestoreError(
+      f"no checkpoint in {self.directory} could be restored ({'; '.join(failures)}). Nothing was "
+      "deleted; start a new --workdir, or repair/remove the damaged step directories"
+    )
+
+  def set_aside(self, steps: list[int]) -> None:
+    """Moves step directories to `<workdir>/checkpoints_set_aside/` (process 0), then reloads."""
+    if steps and jax.process_index() == 0:
+      dest = self.workdir / SET_ASIDE
+      dest.mkdir(parents=True, exist_ok=True)
+      for n in sorted(steps):
+        target = dest / f"{n}.{time.strftime('%Y%m%d-%H%M%S')}"
+        (self.directory / str(n)).rename(target)
+        logging.warning("moved newer checkpoint step %d out of the way to %s", n, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("softvq_jax set_aside")
+    self.reload()
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError if an asynchronous save has failed (call once per step)."""
+    try:
+      self._mngr.check_for_errors()
+      if not self._mngr.is_saving_in_progress():
+        self._mngr.wait_until_finished()  # a no-op unless the finished save failed
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error(e) from e
+
+  def _write_error(self, e: BaseException) -> CheckpointWriteError:
+    """One clear message for a failed save; removes the failed write's temporary directory."""
+    for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*") if self.directory.exists() else []:
+      if jax.process_index() == 0:
+        tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+    try:
+      free = f"{shutil.disk_usage(os.fspath(self.directory)).free / 2**30:.2f} GiB free there"
+    except (OSError, ValueError):
+      free = "free space unknown"
+    self.reload()
+    last = self.latest_step()
+    kept = f"the last committed checkpoint is step {last}" if last is not None else "none saved"
+    return CheckpointWriteError(
+      f"writing a checkpoint to {self.directory} failed ({_short_error(e, self.directory)}; "
+      f"{free}); {kept}. Free space or fix permissions, then rerun the same command to resume"
+    )
+
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    """Blocks until every write is committed; a failed write raises CheckpointWriteError."""
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error(e) from e
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
+    self.wait()
     self._mngr.close()
 
 
@@ -164,7 +281,7 @@ def merge_state(template: Any, params: Any, ema_params: Any, train: dict) -> Any
 def read_checkpoint_config(workdir: str | os.PathLike, step: int | None = None) -> dict:
   """The config JSON saved with a training checkpoint (latest step by default)."""
   mngr = ocp.CheckpointManager(
-    pathlib.Path(workdir).absolute() / "checkpoints", item_names=(*ITEMS, "config", "data")
+    user_path(workdir) / "checkpoints", item_names=(*ITEMS, "config", "data")
   )
   step = mngr.latest_step() if step is None else step
   if step is None:
@@ -187,7 +304,7 @@ def save_model(out_dir: str | os.PathLike, params: Any, config: Any, *, overwrit
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / "params", jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
-    (tmp / "config.json").write_text(json.dumps(_to_json(config), indent=2, sort_keys=True))
+    (tmp / "config.json").write_text(json.dumps(to_json(config), indent=2, sort_keys=True))
     replace_dir(tmp, out)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,14 +3,15 @@
 Flags, distributed initialisation, then dispatch to the trainer named by `config.trainer`.
 """
 
-import json
 import os
-import pathlib
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from softvq_jax.utils import cli
+from softvq_jax.utils import cli, logs
+
+logs.quiet_env()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and images go.")
@@ -41,6 +42,7 @@ def main(argv):
   from softvq_jax.config.validate import validate
   from softvq_jax.training import registry
 
+  logs.configure(flags.FLAGS.verbosity)
   validate(config)  # before anything compiles
   cli.hide_accelerators_from_tf()
   if _needs_distributed_init():
@@ -54,11 +56,13 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].device_kind,
   )
-  workdir = pathlib.Path(_WORKDIR.value)
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-  registry.run(config, str(workdir))
+  from softvq_jax.training.signals import TrainingStopped
+
+  try:
+    registry.run(config, _WORKDIR.value)  # the loop writes config.json once the run is accepted
+  except TrainingStopped as stopped:
+    logging.warning("%s", stopped)
+    sys.exit(stopped.exit_code)
 
 
 if __name__ == "__main__":

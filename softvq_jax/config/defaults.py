@@ -170,7 +170,8 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.min_crop_frac = 0.8  # ADM: crops cover 80-100% of the (resized) short side
   c.data.num_workers = 8
   c.data.prefetch = 4
-  c.data.uint8_transfer = False  # ship uint8 train batches, convert to [-1, 1] on device
+  c.data.uint8_transfer = True  # ship uint8 train batches, convert to [-1, 1] on device
+  c.data.jpeg_draft = False  # reduced-size JPEG decode where ADM halves anyway (not bitwise)
   c.data.eval_crops = 4
 
   c.eval = ConfigDict()
@@ -214,8 +215,14 @@ def _optim_section(**values) -> ConfigDict:
 
 def _add_run_sections(c: ConfigDict, *, save_every: int, keep_every: int) -> None:
   """The checkpoint and mesh sections every trainer's config has."""
-  c.ckpt = ConfigDict(dict(save_every=save_every, keep=3, keep_every=keep_every, async_save=True))
+  # restore_step: 0 resumes from the newest good checkpoint; N from step N (newer ones are moved
+  # to <workdir>/checkpoints_set_aside/, never deleted).
+  c.ckpt = ConfigDict(
+    dict(save_every=save_every, keep=3, keep_every=keep_every, async_save=True, restore_step=0)
+  )
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))  # data=-1: all devices not used by fsdp
+  # "stop": a non-finite loss/state stops the run (never saved); "skip_step": drop such updates.
+  c.nan_policy = "stop"
 
 
 def _make_quick(c: ConfigDict, a: ConfigDict) -> None:

@@ -43,6 +43,12 @@ def validate(config: ConfigDict) -> None:
   need(config.total_steps >= 0, "total_steps must be >= 0 (0: use total_epochs)")
   need(config.total_steps > 0 or config.total_epochs > 0, "set total_steps or total_epochs > 0")
   need(config.get("stop_after", 0) >= 0, "stop_after must be >= 0 (0: run to the end)")
+  from softvq_jax.training.guards import NAN_POLICIES
+
+  policy = config.get("nan_policy", "stop")
+  need(policy in NAN_POLICIES, f"nan_policy={policy!r}; choose one of {NAN_POLICIES}")
+  restore = config.get("ckpt", {}).get("restore_step", 0)
+  need(restore >= 0, f"ckpt.restore_step={restore} must be >= 0 (0: the newest good checkpoint)")
   for key in ("log_every", "eval_every", "image_every"):
     need(config[key] > 0, f"{key}={config[key]} must be positive")
   _validate_optim(config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import json
-import pathlib
+import signal
 import time
 from typing import Any
 
@@ -17,13 +17,17 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
+from etils import epath
 
 from softvq_jax import checkpointing, data, sharding
 from softvq_jax.data import preprocess
-from softvq_jax.training import optim
+from softvq_jax.training import guards, optim, signals
+from softvq_jax.training import workdir as workdir_lib
+from softvq_jax.training.progress import Progress
 from softvq_jax.training.train_state import TrainState
 from softvq_jax.utils import images as image_utils
+from softvq_jax.utils import paths
 
 
 class Task(abc.ABC):
@@ -94,29 +98,42 @@ class Task(abc.ABC):
     return {}
 
 
-def _reduce(history: list[dict]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """Means of scalar metrics over a window, sums of `*_counts` arrays."""
+def _reduce(history: list[dict]) -> tuple[dict[str, float], dict[str, np.ndarray], list[float]]:
+  """Means of scalar metrics over a window, sums of `*_counts` arrays, per-step skip flags.
+
+  Under nan_policy=skip_step a skipped step's metrics are NaN: means are over the kept steps,
+  and a metric with no kept step in the window is left out.
+  """
   host = jax.device_get(history)
   means, sums = {}, {}
+  skipped = [float(h.get(guards.SKIPPED, 0.0)) for h in host]
   for key in host[0]:
     values = [h[key] for h in host]
     if key.endswith("_counts"):
       sums[key] = np.sum(values, axis=0)
+    elif any(skipped) and key != guards.SKIPPED:
+      kept = [v for v, s in zip(values, skipped, strict=True) if not s]
+      if kept:
+        means[key] = float(np.mean(kept))
     else:
       means[key] = float(np.mean(values))
-  return means, sums
+  return means, sums, skipped
 
 
 class _EvalHistory:
   """Append-only eval log (jsonl) so the first/last comparison survives restarts."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: epath.Path):
     self.path = workdir / "eval_history.jsonl"
 
   def append(self, step: int, metrics: dict[str, float]):
     if jax.process_index() == 0:
-      with self.path.open("a") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
+      line = json.dumps({"step": step, **metrics}) + "\n"
+      if paths.is_uri(self.path):  # object stores cannot append
+        self.path.write_text((self.path.read_text() if self.path.exists() else "") + line)
+      else:
+        with self.path.open("a") as f:
+          f.write(line)
 
   def read(self) -> list[dict]:
     if not self.path.exists():
@@ -125,24 +142,65 @@ class _EvalHistory:
 
 
 def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) `task_cls` under `config`, writing everything to `workdir`."""
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Trains (or resumes) `task_cls` under `config`, writing everything to `workdir`.
+
+  One trainer per workdir (a lock); SIGTERM/SIGINT save and raise signals.TrainingStopped.
+  """
+  workdir = paths.user_path(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+  lock = workdir_lib.WorkdirLock(workdir) if is_main else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    with signals.StopRequest() as stop:
+      return _train(task_cls, config, workdir, stop)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _restore_or_init(task, config, ckpt, abstract, state_shardings, rng, finite_fn):
+  """The newest good checkpoint (after the resume check), else a fresh state -> (state, step)."""
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = jax.jit(task.init_state, out_shardings=state_shardings)(rng)
+    return task.post_init(state), None
+  saved = checkpointing.read_checkpoint_config(ckpt.workdir, latest)
+  new = checkpointing.to_json(config)
+  for change in workdir_lib.check_resume(saved, new, ckpt.workdir, latest):
+    logging.warning("resuming with a changed setting: %s", change)
+  state, _, step = ckpt.restore_good(
+    checkpointing.abstract_like(abstract, state_shardings),
+    step=config.ckpt.get("restore_step", 0) or None,
+    accept=lambda st: None if bool(finite_fn(st)) else "non-finite values",
+  )
+  logging.info("Resumed from %s at step %d", ckpt.directory, step)
+  return state, step
+
+
+def _write_config(workdir: epath.Path, config, resumed_step: int | None) -> None:
+  """config.json of the run; a previous, different one is kept as config.step<N>.json."""
+  path, text = workdir / "config.json", json.dumps(checkpointing.to_json(config), indent=2)
+  if jax.process_index() != 0:
+    return
+  if resumed_step is not None and path.exists() and path.read_text() != text:
+    path.rename(workdir / f"config.step{resumed_step}.json")
+  path.write_text(text)
+
+
+def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> dict:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   sharding.check_batch_size(config.batch_size, mesh)
-  train_data, eval_data = task_cls.build_data(config)
+  train_data, eval_data = task_cls.build_data(config)  # bad data fails before anything is written
   total_steps, warmup_steps = optim.steps_from(config, train_data.num_examples)
-  logging.info(
-    "Training for %d steps (%d warm-up), %d train examples",
-    total_steps,
-    warmup_steps,
-    train_data.num_examples,
-  )
   task = task_cls(config, mesh, total_steps, warmup_steps)
 
   rng = jax.random.PRNGKey(config.seed)
   abstract = jax.eval_shape(task.init_state, rng)
   state_shardings = sharding.param_shardings(abstract, mesh, task.sharding_rules())
+  finite_fn = jax.jit(guards.all_finite, in_shardings=(state_shardings,))
   ckpt = checkpointing.CheckpointManager(
     workdir,
     max_to_keep=config.ckpt.keep,
@@ -150,46 +208,64 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
     save_every=config.ckpt.save_every,
     async_save=config.ckpt.async_save,
   )
-  if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(checkpointing.abstract_like(abstract, state_shardings))
-    logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
-  else:
-    state = jax.jit(task.init_state, out_shardings=state_shardings)(rng)
-    state = task.post_init(state)
+  state, resumed = _restore_or_init(task, config, ckpt, abstract, state_shardings, rng, finite_fn)
+  _write_config(workdir, config, resumed)
   start_step = int(jax.device_get(state.step))
+  _log_run(config, task, abstract, mesh, train_data, eval_data, total_steps, warmup_steps)
 
+  policy = config.get("nan_policy", "stop")
+  step_core = task.train_step if policy == "stop" else guards.skip_nonfinite(task.train_step)
   batch_sharding = sharding.batch_sharding(mesh)
   frozen = jax.device_put(task.frozen_params(), sharding.replicated(mesh))
   step_fn = jax.jit(
     # uint8 batches (data.uint8_transfer) become [-1, 1] floats on device, inside the step.
-    lambda state, batch, frozen: task.train_step(state, preprocess.float_images(batch), frozen),
+    lambda state, batch, frozen: step_core(state, preprocess.float_images(batch), frozen),
     in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnums=(0,),
   )
   is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  writer = _writer(workdir, is_main)
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
-  hooks = [
-    periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer, every_steps=config.log_every
-    )
-  ]
+  progress = Progress(total_steps, start_step, config.batch_size)
   history, evals = [], _EvalHistory(workdir)
 
-  def run_eval(step):
-    metrics = task.evaluate(state, eval_data, step)
-    if metrics:
-      writer.write_scalars(step, metrics)
-      evals.append(step, metrics)
-      logging.info("eval @ %d: %s", step, _fmt(metrics))
+  def save(step, force=False):
+    """Saves `state` at `step` unless it is not finite (then: the divergence error)."""
+    if not (force or ckpt.should_save(step)):
+      return
+    with progress.excluded():
+      if not bool(finite_fn(state)):
+        ckpt.wait()
+        raise guards.NonFiniteError(
+          guards.divergence_message("state", step, ckpt.latest_step(), ckpt.directory)
+        )
+      ckpt.save(step, state, config=config, data_state={"next_step": step}, force=force)
 
-  def run_images(step):
-    for name, grid in task.images(state, eval_data, step).items():
-      if is_main:
-        image_utils.save_png(workdir / "images" / f"{name}_{step:07d}.png", grid)
-      writer.write_images(step, {name: grid[None]})
+  consecutive_skips = 0
+
+  def report(step, means, skipped):
+    nonlocal consecutive_skips
+    for flag in skipped:
+      consecutive_skips = consecutive_skips + 1 if flag else 0
+    if any(skipped):
+      logging.warning(
+        "nan_policy=skip_step: dropped %d non-finite update(s) in the window ending at step %d",
+        sum(map(bool, skipped)),
+        step,
+      )
+    bad = [k for k, v in means.items() if not np.isfinite(v)]
+    if consecutive_skips >= guards.MAX_CONSECUTIVE_SKIPS:
+      bad = [f"updates in {consecutive_skips} consecutive steps"]
+    if bad:
+      ckpt.wait()
+      raise guards.NonFiniteError(
+        guards.divergence_message(f"{bad}", step, ckpt.latest_step(), ckpt.directory)
+      )
+    skipped = getattr(train_data, "num_skipped", 0)
+    means.update(progress.window(step, means), **{"data/skipped": float(skipped)})
+    writer.write_scalars(step, means)
 
   batches = train_data.iterator(start_step)
   step = start_step
@@ -201,38 +277,92 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
         batch = sharding.global_batch(next(batches), mesh)
         state, metrics = step_fn(state, batch, frozen)
       history.append(metrics)
-      if step % config.log_every == 0 or step == last_step:
-        means, sums = _reduce(history)
+      ckpt.check_for_errors()  # a failed asynchronous write surfaces here, at the next step
+      signum = stop.requested() or (signals.PREEMPTED if ckpt.reached_preemption(step) else None)
+      if step % config.log_every == 0 or step == last_step or signum:
+        means, sums, skipped = _reduce(history)
         history = []
-        bad = [k for k, v in means.items() if not np.isfinite(v)]
-        if bad:
-          raise FloatingPointError(
-            f"non-finite {bad} at step {step}; the last good checkpoint is "
-            f"{ckpt.latest_step()} in {ckpt.directory} (lower optim.lr or check the data)"
-          )
         means.update(task.window_metrics(sums))
-        writer.write_scalars(step, means)
-      # After the window's metrics are fetched: steps run asynchronously, so only then does the
-      # wall-clock time cover the steps actually computed (honest steps/s and ETA).
-      for hook in hooks:
-        hook(step)
-      if ckpt.should_save(step) and step != last_step:
-        ckpt.save(step, state, config=config, data_state={"next_step": step})
-      if step % config.eval_every == 0 or step == last_step:
-        run_eval(step)
-      if step % config.image_every == 0 or step == last_step:
-        run_images(step)
+        report(step, means, skipped)
+      if signum:
+        save(step, force=True)
+        ckpt.wait()
+        raise signals.TrainingStopped(signum, step, _stopped_message(signum, step, ckpt))
+      if step != last_step:
+        save(step)
+      with progress.excluded():
+        if step % config.eval_every == 0 or step == last_step:
+          _run_eval(task, state, eval_data, step, writer, evals)
+        if step % config.image_every == 0 or step == last_step:
+          _run_images(task, state, eval_data, step, writer, workdir, is_main)
+    if step > start_step and ckpt.latest_step() != step:
+      save(step, force=True)
+    ckpt.close()
   finally:
     batches.close() if hasattr(batches, "close") else None
-  if step > start_step and ckpt.latest_step() != step:
-    ckpt.save(step, state, config=config, data_state={"next_step": step}, force=True)
-  ckpt.close()
-  writer.flush()
+    try:
+      writer.flush()
+    except Exception as e:  # noqa: BLE001 -- e.g. a full disk: keep the error that stopped us
+      logging.warning("could not flush the summaries in %s: %s", workdir, e)
   logging.info("Done %d steps in %.1fs", step - start_step, time.time() - t0)
   summary = _summary(evals.read(), total_steps)
+  summary["data_skipped"] = int(getattr(train_data, "num_skipped", 0))
   if is_main:
     (workdir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _stopped_message(signum: int, step: int, ckpt) -> str:
+  return (
+    f"{signal.Signals(signum).name if signum > 0 else 'preemption'}: saved step {step} to "
+    f"{ckpt.directory}; rerun the same command to resume from it"
+  )
+
+
+def _writer(workdir: epath.Path, is_main: bool):
+  """TensorBoard summaries on process 0 (the console gets the progress line, not every scalar)."""
+  if not is_main:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+
+
+def _run_eval(task, state, eval_data, step, writer, evals):
+  metrics = task.evaluate(state, eval_data, step)
+  if metrics:
+    writer.write_scalars(step, metrics)
+    evals.append(step, metrics)
+    logging.info("eval @ %d: %s", step, _fmt(metrics))
+
+
+def _run_images(task, state, eval_data, step, writer, workdir, is_main):
+  for name, grid in task.images(state, eval_data, step).items():
+    if is_main:
+      image_utils.save_png(workdir / "images" / f"{name}_{step:07d}.png", grid)
+    writer.write_images(step, {name: grid[None]})
+
+
+def _log_run(config, task, abstract, mesh, train_data, eval_data, total_steps, warmup_steps):
+  """The resolved run, once: model size, devices and mesh, data, steps."""
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  extra = count(abstract.extra)
+  logging.info(
+    "%s %s: %.2fM trainable params%s | %d devices (%s) on %d process(es), mesh %s | data %s: %d "
+    "train / %d eval examples, global batch %d | %d steps (%d warm-up)",
+    config.trainer,
+    config.model.get("name", config.get("variant", "")),
+    count(abstract.params) / 1e6,
+    f" (+{extra / 1e6:.2f}M loss state)" if extra else "",
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+    jax.process_count(),
+    dict(mesh.shape),
+    config.data.name,
+    train_data.num_examples,
+    getattr(eval_data, "num_examples", 0),
+    config.batch_size,
+    total_steps,
+    warmup_steps,
+  )
 
 
 def _summary(history: list[dict], total_steps: int) -> dict:
