@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from softvq_jax.utils.errors import UserError
-from softvq_jax.utils.files import replace_dir
+from softvq_jax.utils.files import make_public, replace_dir
 from softvq_jax.utils.paths import user_path
 
 ITEMS = ("params", "ema_params", "train")
@@ -305,6 +305,7 @@ def save_model(out_dir: str | os.PathLike, params: Any, config: Any, *, overwrit
     ckptr.save(tmp / "params", jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
     (tmp / "config.json").write_text(json.dumps(to_json(config), indent=2, sort_keys=True))
+    make_public(tmp)  # mkdtemp made it 0700
     replace_dir(tmp, out)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

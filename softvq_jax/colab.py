@@ -82,12 +82,13 @@ def reconstruct(
 
 
 def image_metrics_table(originals: np.ndarray, reconstructions: np.ndarray) -> dict[str, list]:
-  """Per-image PSNR and SSIM (uint8, data range 255)."""
+  """Per-image PSNR and SSIM (uint8, data range 255), as plain Python floats (they print as
+  21.34, not np.float64(21.34))."""
   from softvq_jax.evaluation import image_metrics
 
   return {
-    "psnr": np.asarray(image_metrics.psnr(originals, reconstructions, 255.0)).tolist(),
-    "ssim": np.asarray(image_metrics.ssim(originals, reconstructions, 255.0)).tolist(),
+    k: [float(v) for v in np.asarray(fn(originals, reconstructions, 255.0))]
+    for k, fn in (("psnr", image_metrics.psnr), ("ssim", image_metrics.ssim))
   }
 
 
@@ -127,7 +128,7 @@ def rfid(
   cfg = {"name": data, "num_workers": 2, "prefetch": 2}
   if data_path:
     cfg.update(path=data_path, eval_path=data_path)
-  return tokenizer_eval.evaluate_tokenizer(
+  return tokenizer_eval.evaluate_tokenizer(  # plain Python floats (common.plain)
     tokenizer,
     out_dir,
     data_cfg=ml_collections.ConfigDict(cfg),
@@ -153,10 +154,23 @@ def show(images: Sequence[Image.Image] | Image.Image) -> None:
     display(im)
 
 
+# Four recognisable ImageNet classes (golden retriever, otter, giant panda, ice cream), used only
+# when the generator has ImageNet's 1000 classes.
+IMAGENET_EXAMPLE_CLASSES = (207, 360, 387, 974)
+
+
+def default_classes(num_classes: int, count: int = 8) -> list[int]:
+  """`count` labels from the model's own range: spread evenly over [0, num_classes), or, for a
+  1000-class (ImageNet) model, a few recognisable classes repeated."""
+  if num_classes == 1000:
+    return [IMAGENET_EXAMPLE_CLASSES[i % 4] for i in range(count)]
+  return [int(c) for c in np.linspace(0, num_classes - 1, count).round().astype(int)]
+
+
 def sample(
   sit: Any,
   tokenizer: Any = None,
-  class_labels: Sequence[int] = (207, 360, 387, 974),
+  class_labels: Sequence[int] | None = None,
   *,
   steps: int = 50,
   cfg_scale: float = 1.75,
@@ -169,12 +183,15 @@ def sample(
 
   sit: a generator model dir (converted release or trained here), a training workdir, or a loaded
   `generate.Generator`; tokenizer: its tokenizer (path or loaded; default: the recorded one).
+  class_labels: None = `default_classes` of the model (its own label range).
   sampler: "sde" (the published one; 250 steps for the paper's numbers), "ode", or for a DiT
   "diffusion" (default: sde for SiT, diffusion for DiT).
   """
   from softvq_jax.sampling import generate as g
 
   gen = sit if isinstance(sit, g.Generator) else g.load_generator(sit, tokenizer)
+  if class_labels is None:
+    class_labels = default_classes(gen.model.num_classes)
   settings = g.SamplerSettings(
     sampler=sampler or ("diffusion" if gen.is_dit else "sde"),
     steps=steps,

@@ -6,10 +6,11 @@ Flags, distributed initialisation, then dispatch to the trainer named by `config
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from softvq_jax.utils import cli, logs
+from softvq_jax.utils.errors import UserError
 
 logs.quiet_env()
 
@@ -22,7 +23,6 @@ _DISTRIBUTED = flags.DEFINE_enum(
   "Call jax.distributed.initialize(): 'auto' does so under SLURM with several tasks or when "
   "JAX_COORDINATOR_ADDRESS is set; use 'true' on multi-host TPU pods (launch/tpu_run.sh does).",
 )
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _needs_distributed_init() -> bool:
@@ -34,7 +34,15 @@ def _needs_distributed_init() -> bool:
 
 
 def main(argv):
-  del argv
+  del argv  # cli.run has refused any positional argument
+  # Checked here rather than with mark_flags_as_required, which would make these flags required
+  # for every other program run in the same process (notebooks, tests).
+  missing = [f"--{f.name}" for f in (_CONFIG, _WORKDIR) if f.value is None]
+  if missing:
+    raise UserError(
+      f"missing required flags {', '.join(missing)} (e.g. "
+      "--config=configs/tokenizer_b.py:quick --workdir=runs/quick)"
+    )
   config = _CONFIG.value
   # Imports after flag parsing keep `--help` fast.
   import jax
@@ -42,7 +50,6 @@ def main(argv):
   from softvq_jax.config.validate import validate
   from softvq_jax.training import registry
 
-  logs.configure(flags.FLAGS.verbosity)
   validate(config)  # before anything compiles
   cli.hide_accelerators_from_tf()
   if _needs_distributed_init():
@@ -66,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -37,3 +37,21 @@ def test_released_folder_loads_like_the_model_dir(tmp_path):
   pair = colab.comparison(orig, rec, ncols=3)
   assert isinstance(pair, Image.Image) and pair.size == (2 + 6 * (S + 2), 2 + S + 2)
   assert colab.grid(rec, ncols=2).size == (2 + 2 * (S + 2), 2 + 2 * (S + 2))
+
+
+def test_default_sample_classes_come_from_the_model():
+  """Not ImageNet ids for a small model (they failed with `labels must be in [0, 16]`)."""
+  small = colab.default_classes(17)
+  assert len(small) == 8 and min(small) == 0 and max(small) == 16 and small == sorted(small)
+  assert all(type(c) is int for c in small)
+  assert set(colab.default_classes(1000)) == set(colab.IMAGENET_EXAMPLE_CLASSES)
+  assert colab.default_classes(1, count=3) == [0, 0, 0]
+
+
+def test_metrics_table_prints_plain_floats():
+  a = np.zeros((2, S, S, 3), np.uint8)
+  b = a.copy()
+  b[1] += 10
+  table = colab.image_metrics_table(a, b)
+  assert all(type(v) is float for v in table["psnr"] + table["ssim"])
+  assert "np.float" not in repr(table) and table["psnr"][0] == float("inf")

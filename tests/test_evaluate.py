@@ -209,7 +209,13 @@ def test_command_line(tmp_path, model_dir, monkeypatch, capsys):
   assert summary["num_images"] == 3 and summary["crops"] == 2
   with np.load(tmp_path / "reconstructions.npz") as f:
     assert f["arr_0"].shape == (3, S, S, 3) and f["arr_0"].dtype == np.uint8
-  assert '"rfid"' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert '"rfid"' in out
+  # 3 images: warned (singular covariance), skipped metrics named, resume state removed.
+  assert "warning: FID from 3 images" in out and "3 images" in summary["fid_warning"]
+  assert "fid_vs_reference (no reference statistics (--ref_stats))" in out
+  assert set(summary["skipped"]) == {"fid_vs_reference", "lpips", "precision/recall"}
+  assert not (tmp_path / "eval_state.npz").exists()
 
 
 def test_lpips_branch_matches_lpips(model_dir):

@@ -10,6 +10,7 @@ tokenizer evaluation and tested there).
 """
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +127,16 @@ def test_sample_stream_end_to_end(tmp_path, decode_sampler, reference):
   assert (summary["precision"], summary["recall"]) == (p, rc)
   written = json.loads((tmp_path / "summary.json").read_text())
   assert written["sampler"] == "adapter" and written["comparable"] is False
-  # A rerun of a finished evaluation reuses the saved state and the complete .npz.
+  assert "10 images" in written["fid_warning"]  # far too few for a meaningful FID
+  # Finished: the resume state is gone, the results stay (files with the umask's mode).
+  left = {p.name for p in tmp_path.rglob("*")}
+  assert not {n for n in left if n.startswith(("features_", "rows_", "reference_features"))}
+  assert {"summary.json", npz.name} <= left
+  umask = os.umask(0o022)
+  os.umask(umask)
+  for f in (npz, tmp_path / "summary.json"):
+    assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+  # A rerun of a finished evaluation reads the complete .npz back (no sampling: no batches).
   again = generation.evaluate_sample_stream(
     lambda a, b: iter(()),
     labels,
@@ -136,7 +146,18 @@ def test_sample_stream_end_to_end(tmp_path, decode_sampler, reference):
     feature_fn=FEATURES,
     ref_batch=str(ref_path),
   )
-  assert again["fid"] == summary["fid"]
+  assert again["fid"] == pytest.approx(summary["fid"], rel=1e-9)  # summation order differs
+
+
+def test_without_a_reference_batch_fid_is_skipped_with_the_reason(tmp_path, decode_sampler, capsys):
+  _, make_batches = decode_sampler
+  summary = generation.evaluate_sample_stream(
+    make_batches, np.arange(4) % 2, S, tmp_path, part_size=4, feature_fn=FEATURES
+  )
+  assert "fid" not in summary and "inception_score" in summary
+  assert summary["skipped"]["fid"] == "no ADM reference batch (--ref_batch)"
+  assert "skipped: fid (no ADM reference batch (--ref_batch))" in capsys.readouterr().out
+  assert type(summary["inception_score"]) is float  # plain floats, not np.float64
 
 
 def test_generation_eval_end_to_end(tmp_path, models, reference):

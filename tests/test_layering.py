@@ -26,7 +26,17 @@ ORDER = (
 )
 BASE = {"utils", "sharding", "checkpointing"}
 # Top-level programs and the thin aliases that keep old command paths working.
-APP = {"cli", "main", "colab", "inference", "evaluate", "sample", "export", "convert"}
+APP = {
+  "cli",
+  "main",
+  "colab",
+  "inference",
+  "evaluate",
+  "sample",
+  "export",
+  "convert",
+  "reconstruct",
+}
 ALIASES = {"softvq_jax.data.cache_latents", "softvq_jax.data.prepare_imagenet"}
 MAX_LINES = 400
 

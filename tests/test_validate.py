@@ -164,7 +164,8 @@ def test_weight_files(tmp_path):
 
 def _generator(**kw):
   c = defaults.generator_config("S", "quick")
-  c.data.path = "/cache"
+  if kw.get("data.name", c.data.name) in ("latents", "folder"):  # the only readers of data.path
+    c.data.path = "/cache"
   for k, v in kw.items():
     node = c
     *path, last = k.split(".")
@@ -205,3 +206,26 @@ def test_generator_choices_come_from_the_registries():
   latent_sets = [n for n in data.DATASETS if n not in data.IMAGE_DATASETS]
   assert set(latent_sets) == {"latents", "latents_online"}
   assert set(data.LATENT_DATASETS) == set(latent_sets)  # the table validate.py reads
+
+
+@pytest.mark.parametrize(
+  "overrides,named",
+  [
+    ({"data.path": "/my/images"}, r"data\.path='/my/images' is set but only read with data\.name"),
+    ({"data.manual_dir": "/tars"}, r"data\.manual_dir.*data\.name='imagenet'"),
+    ({"loss.disc.weight": 0.0, "loss.disc.init_from": "/d"}, r"loss\.disc\.init_from.*weight > 0"),
+    ({"loss.align.teacher_path": "/t.pth"}, r"loss\.align\.teacher_path.*loss\.align\.weight"),
+  ],
+)
+def test_an_option_the_run_ignores_is_refused(overrides, named):
+  """The README's old data line (data.path without data.name=folder) silently used the photos."""
+  c = defaults.tokenizer_config("B", "quick")
+  validate(c)
+  for k, v in overrides.items():
+    section, key = k.rsplit(".", 1)
+    node = c
+    for part in section.split("."):
+      node = node[part]
+    node[key] = v
+  with pytest.raises(ConfigError, match=named):
+    validate(c)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import pathlib
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from softvq_jax import data
+from softvq_jax.cli import inputs
 from softvq_jax.config import defaults
 from softvq_jax.data import latents
 from softvq_jax.training import online_latents
 from softvq_jax.utils import cli
+from softvq_jax.utils.errors import UserError
 from softvq_jax.weights import pretrained
 
 FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
@@ -93,7 +95,7 @@ def data_config(tokenizer_config: dict) -> ConfigDict:
   elif _DATA.value is None and "data" in tokenizer_config:
     base.update(ConfigDict(tokenizer_config["data"]))
   elif _DATA.value is None:
-    raise app.UsageError("the tokenizer has no data config: pass --data=photos|folder|imagenet")
+    raise UserError("the tokenizer has no data config: pass --data=photos|folder|imagenet")
   else:
     base.name = _DATA.value
   for flag, key in (
@@ -105,12 +107,34 @@ def data_config(tokenizer_config: dict) -> ConfigDict:
     if flag.value is not None:
       base[key] = flag.value
   if base.name not in data.IMAGE_DATASETS:
-    raise app.UsageError(f"cannot encode data.name={base.name!r}; use {data.IMAGE_DATASETS}")
+    raise UserError(
+      f"cannot encode data.name={base.name!r}; use one of {list(data.IMAGE_DATASETS)}"
+    )
   return base
 
 
+def check_inputs() -> None:
+  """The tokenizer and the dataset paths the flags name, before the tokenizer is loaded."""
+  cli.require_inputs(
+    [
+      ("--tokenizer", _TOKENIZER.value, "dir"),
+      ("--data_path", _DATA_PATH.value, "dir"),
+      ("--eval_path", _EVAL_PATH.value, "dir"),
+      ("--manual_dir", _MANUAL_DIR.value, "dir"),
+    ]
+  )
+  hint = "latent caches are made with a tokenizer (the generator trains on them)"
+  inputs.require(_TOKENIZER.value, "tokenizer", "--tokenizer", hint)
+  out = pathlib.Path(_OUT.value)
+  if (out / "cache_info.json").is_file() and not _OVERWRITE.value:
+    raise UserError(f"--out={out} is a complete latent cache already; pass --overwrite to redo it")
+  if out.exists() and not (out / "cache_info.json").is_file() and not _OVERWRITE.value:
+    raise UserError(f"--out={out} exists and is not a latent cache; choose another --out")
+
+
 def main(argv):
-  del argv
+  del argv  # cli.run refuses positional arguments
+  check_inputs()
   tokenizer_path = str(pathlib.Path(_TOKENIZER.value).absolute())
   tok = pretrained.load_tokenizer(tokenizer_path, ema=not _RAW.value, step=_STEP.value)
   cfg = data_config(tok.config)
@@ -127,7 +151,7 @@ def main(argv):
   try:
     info = _encode(tok, source, cfg, tokenizer_path, split)
   except (FileExistsError, latents.CacheConflictError) as e:
-    raise SystemExit(f"error: {e}") from None
+    raise UserError(str(e)) from None
   if info is None:
     print(f"process {jax.process_index()}: shards written; process 0 finalizes {_OUT.value}")
     return
@@ -155,5 +179,11 @@ def _encode(tok, source, cfg, tokenizer_path, split):
   )
 
 
+def run(argv=None) -> None:
+  """`python -m softvq_jax.data.cache_latents` on `argv` (default sys.argv[1:], no program name):
+  exits 0, or 2 with one line on a user error (utils/cli.py). Tests call it in-process."""
+  cli.run(main, FLAGS, None if argv is None else ["cache_latents", *argv])
+
+
 if __name__ == "__main__":
-  cli.run(main, FLAGS)
+  run()

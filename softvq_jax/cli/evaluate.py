@@ -1,4 +1,4 @@
-"""Evaluation command: a tokenizer's reconstructions or a generator's samples, ADM's protocol.
+r"""Evaluation command: a tokenizer's reconstructions or a generator's samples, ADM's protocol.
 
 Tokenizer (rFID, sFID, IS, PSNR, SSIM, LPIPS, codebook usage; summary.json, reconstructions.png):
   python -m softvq_jax.evaluate --model=exported/softvq_bl64 --config=configs/tokenizer_b.py \
@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from softvq_jax.cli import inputs
 from softvq_jax.utils import cli
+from softvq_jax.utils.errors import UserError
 
 FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
 _MODE = flags.DEFINE_enum(
@@ -45,8 +47,8 @@ _CONFIG = config_flags.DEFINE_config_file(
   "Config file whose `data` section names the dataset (default: the model's).",
   flag_values=FLAGS,
 )
-_DATA = flags.DEFINE_string(
-  "data", None, "Shortcut for the dataset name (photos|folder|imagenet).", flag_values=FLAGS
+_DATA = flags.DEFINE_enum(
+  "data", None, ["photos", "folder", "imagenet"], "Shortcut for data.name.", flag_values=FLAGS
 )
 _SPLIT = flags.DEFINE_string(
   "split", "validation", "Split to evaluate (data.eval_split).", flag_values=FLAGS
@@ -171,24 +173,71 @@ def _data_config():
   return cfg
 
 
+def _settings(is_dit: bool):
+  from softvq_jax.cli.sample import parse_interval
+  from softvq_jax.sampling.generate import SamplerSettings
+
+  try:
+    return SamplerSettings(
+      sampler=_SAMPLER.value or ("diffusion" if is_dit else "sde"),
+      steps=_STEPS.value,
+      heun=_HEUN.value,
+      cfg_scale=_CFG.value,
+      cfg_interval=parse_interval(_INTERVAL.value),
+      path=_PATH.value,
+      noise_schedule=_SCHEDULE.value,
+    )
+  except ValueError as e:
+    raise UserError(f"bad sampler flags: {e}") from None
+
+
+def check_inputs() -> str:
+  """Every input the flags name, before anything heavy is built (the Inception alone takes a
+  minute on a CPU): one error listing every missing file. Returns the model path."""
+  if bool(_MODEL.value) == bool(_WORKDIR.value):
+    raise UserError("pass exactly one of --model (exported dir) and --workdir (training run)")
+  if not _INCEPTION.value and not _RANDOM_INCEPTION.value:
+    raise UserError(
+      "no Inception weights: pass --inception=/path/to/pt_inception-2015-12-05.safetensors "
+      "(or --inception_random_init for a smoke test whose metrics are not comparable)"
+    )
+  if _LPIPS_VGG.value and not _LPIPS_LIN.value:
+    raise UserError("--lpips_vgg needs --lpips_lin (the LPIPS heads) as well")
+  flag, path = ("--model", _MODEL.value) if _MODEL.value else ("--workdir", _WORKDIR.value)
+  generation = _MODE.value == "generation"
+  cli.require_inputs(
+    [
+      (flag, path, "dir"),
+      ("--inception", _INCEPTION.value, "file"),
+      ("--ref_stats", _REF.value if not generation else None, "file"),
+      ("--ref_batch", _REF_BATCH.value if generation else None, "file"),
+      ("--lpips_lin", _LPIPS_LIN.value if not generation else None, "file"),
+      ("--lpips_vgg", _LPIPS_VGG.value if not generation else None, "file"),
+      ("--tokenizer", _TOKENIZER.value if generation else None, "dir"),
+    ]
+  )
+  if generation:
+    info = inputs.require(path, "generator", flag, "--mode=tokenizer evaluates tokenizers")
+    if _TOKENIZER.value:
+      inputs.require(_TOKENIZER.value, "tokenizer", "--tokenizer")
+    _settings(info.detail == "dit")
+  else:
+    inputs.require(path, "tokenizer", flag, "--mode=generation evaluates generators")
+  return path
+
+
 def _generation():
   from softvq_jax.evaluation import generation
-  from softvq_jax.sampling.generate import SamplerSettings, load_generator
+  from softvq_jax.sampling.generate import load_generator
 
   gen = load_generator(_MODEL.value or _WORKDIR.value, _TOKENIZER.value, ema=not _RAW.value)
+  if gen.tokenizer is None:
+    raise UserError("no tokenizer recorded for this generator: pass --tokenizer=DIR")
+  settings = _settings(gen.is_dit)
   try:
-    lo, hi = (float(v) for v in _INTERVAL.value.split(","))
+    generation.sample_labels(1, _CLASSES.value, gen.model.num_classes)
   except ValueError as e:
-    raise app.UsageError(f"--cfg_interval={_INTERVAL.value!r}: expected low,high") from e
-  settings = SamplerSettings(
-    sampler=_SAMPLER.value or ("diffusion" if gen.is_dit else "sde"),
-    steps=_STEPS.value,
-    heun=_HEUN.value,
-    cfg_scale=_CFG.value,
-    cfg_interval=(lo, hi),
-    path=_PATH.value,
-    noise_schedule=_SCHEDULE.value,
-  )
+    raise UserError(f"--classes={_CLASSES.value!r}: {e}") from None
   return generation.evaluate_generation(
     gen,
     _OUT.value,
@@ -207,14 +256,8 @@ def _generation():
 
 
 def main(argv):
-  del argv
-  if bool(_MODEL.value) == bool(_WORKDIR.value):
-    raise app.UsageError("pass exactly one of --model (exported dir) and --workdir (training run)")
-  if not _INCEPTION.value and not _RANDOM_INCEPTION.value:
-    raise app.UsageError(
-      "no Inception weights: pass --inception=/path/to/pt_inception-2015-12-05.safetensors "
-      "(or --inception_random_init for a smoke test whose metrics are not comparable)"
-    )
+  del argv  # cli.run refuses positional arguments
+  check_inputs()
   cli.hide_accelerators_from_tf()
   _distributed_init()
   if _MODE.value == "generation":
@@ -250,5 +293,11 @@ def _tokenizer():
   )
 
 
+def run(argv=None) -> None:
+  """`python -m softvq_jax.evaluate` on `argv` (default sys.argv[1:], no program name):
+  exits 0, or 2 with one line on a user error (utils/cli.py). Tests call it in-process."""
+  cli.run(main, FLAGS, None if argv is None else ["evaluate", *argv])
+
+
 if __name__ == "__main__":
-  cli.run(main, FLAGS)
+  run()

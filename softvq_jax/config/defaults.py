@@ -68,7 +68,9 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.log_every = 100
   c.eval_every = 5000
   c.image_every = 5000
-  c.max_eval_images = 0  # 0: the whole eval split
+  # In-training evaluation: at most this many eval images (0: the whole split); the published
+  # numbers come from `python -m softvq_jax.evaluate` on the full split.
+  c.max_eval_images = 10000
 
   c.model = ConfigDict()
   c.model.name = "softvq"

@@ -16,6 +16,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from softvq_jax.config import ignored
 from softvq_jax.utils.config_access import cfg_at
 from softvq_jax.utils.config_access import cfg_get as _get
 from softvq_jax.utils.errors import UserError
@@ -68,6 +69,9 @@ def validate(config: ConfigDict) -> None:
     )
     validate_tokenizer(config.model, config.quantizer)
     _validate_tokenizer_loss(config)
+  for message in ignored.ignored_options(config)[:1]:  # after the specific checks: they say more
+    raise ConfigError(message)
+  if trainer == "tokenizer":
     check_weight_files(config)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from softvq_jax.utils.files import file_mode
+
 ARR_KEY = "arr_0"
 LABEL_KEY = "arr_1"
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -108,6 +110,7 @@ class SampleNpzWriter:
         with self._zip.open(f"{LABEL_KEY}.npy", "w", force_zip64=True) as f:
           np.lib.format.write_array(f, np.concatenate(self._labels), allow_pickle=False)
       self._zip.close()
+      os.chmod(self._tmp, file_mode())
       os.replace(self._tmp, self.path)
     except BaseException:
       self.abort()

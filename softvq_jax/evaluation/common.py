@@ -24,6 +24,10 @@ from softvq_jax.evaluation import adm_npz, features
 from softvq_jax.models.frozen import inception
 from softvq_jax.weights import inception as inception_weights
 
+# Below this many samples an FID is dominated by its bias (ADM and the paper use 50,000); below
+# the feature dimension (2048 for the Inception pool) the covariance is singular.
+FID_MIN_SAMPLES = 2048
+INCEPTION_POOL_DIM = 2048
 RANDOM_INIT_WARNING = (
   "INCEPTION WEIGHTS ARE RANDOM (--inception_random_init): the FID/sFID/IS/precision/recall "
   "numbers are NOT comparable to any published figure; use this only for tests and smoke runs."
@@ -161,6 +165,61 @@ def count_codes(indices: np.ndarray, num_codebooks: int, codebook_size: int) -> 
   return counts
 
 
+def fid_sample_warning(num: int, dim: int | None = INCEPTION_POOL_DIM) -> str | None:
+  """A warning when `num` samples are too few for a meaningful FID (None when enough)."""
+  if dim and num <= dim:
+    return (
+      f"FID from {num} images: not more than the feature dimension ({dim}), so the covariance is "
+      "singular and the FID/sFID are not meaningful (ADM and the paper use 50,000 images)"
+    )
+  if num < FID_MIN_SAMPLES:
+    return (
+      f"FID from {num} images: fewer than {FID_MIN_SAMPLES}; the FID/sFID are biased upward and "
+      "noisy, not comparable to published numbers (ADM and the paper use 50,000 images)"
+    )
+  return None
+
+
+def warn(message: str | None) -> None:
+  """Prints `warning: ...` (process 0) and logs it; None does nothing."""
+  if message and jax.process_index() == 0:
+    print(f"warning: {message}", flush=True)
+
+
+def note_skipped(skipped: Mapping[str, str]) -> None:
+  """Says which metrics are not computed and why (one line), e.g. FID without --ref_batch."""
+  if skipped and jax.process_index() == 0:
+    print("skipped: " + "; ".join(f"{k} ({why})" for k, why in skipped.items()), flush=True)
+
+
+def plain(x):
+  """numpy scalars/arrays in (nested) results -> Python floats/ints/lists (prints as 1.5, not
+  np.float64(1.5)); non-finite floats stay floats (write_json stringifies them)."""
+  if isinstance(x, Mapping):
+    return {k: plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return type(x)(plain(v) for v in x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def remove_state(*paths: str | os.PathLike | None) -> None:
+  """Deletes resume state (files or folders) once a run has finished; the results stay."""
+  import shutil
+
+  for p in paths:
+    if p is None:
+      continue
+    p = pathlib.Path(p)
+    if p.is_dir():
+      shutil.rmtree(p, ignore_errors=True)
+    else:
+      p.unlink(missing_ok=True)
+
+
 def _json_safe(x):
   if isinstance(x, Mapping):
     return {str(k): _json_safe(v) for k, v in x.items()}
@@ -186,6 +245,7 @@ def write_json(path: str | os.PathLike, data: Mapping) -> pathlib.Path:
     with os.fdopen(fd, "w") as f:
       json.dump(_json_safe(data), f, indent=2, allow_nan=False)
       f.write("\n")
+    os.chmod(tmp, adm_npz.file_mode())
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)

@@ -172,25 +172,38 @@ def evaluate_sample_stream(
   ref = None
   if ref_batch:
     ref = adm_npz.load_reference_batch(ref_batch, dims=None if not comparable else (2048, 2023))
+  skipped = _skipped(ref, precision_recall)
+  common.note_skipped(skipped)
+  fid_warning = None
+  if ref is not None:
+    fid_warning = common.fid_sample_warning(num_samples, None if not comparable else 2048)
+    common.warn(fid_warning)
   lo, hi = process_range(num_samples, pi, pc)
   parts_dir = out_dir / "parts"
   parts_dir.mkdir(parents=True, exist_ok=True)
   keep = ("logits", "pool") if precision_recall and ref is not None else ("logits",)
+  rows_dir = parts_dir / f"rows_{lo:08d}_{hi:08d}"
   acc = features.FeatureAccumulator(
-    ("pool", "spatial"), keep, memmap_dir=parts_dir / f"rows_{lo:08d}_{hi:08d}", capacity=hi - lo
+    ("pool", "spatial"), keep, memmap_dir=rows_dir, capacity=hi - lo
   )
   progress = common.Progress(num_samples, "samples", every_s=log_every_s)
-  parts = generate_and_extract(
-    lambda start: make_batches(start, hi),
-    labels,
-    lo,
-    hi,
-    feature_fn,
-    acc,
-    parts_dir,
-    part_size=part_size,
-    progress=progress,
-  )
+  size = image_size
+  npz_path = out_dir / f"samples_{num_samples}x{size}x{size}x3.npz"
+  state_path = parts_dir / f"features_{lo:08d}_{hi:08d}.npz"
+  if _complete(npz_path, num_samples) and not state_path.is_file():
+    parts = _features_from_npz(npz_path, lo, hi, feature_fn, acc, batch_size, progress)
+  else:
+    parts = generate_and_extract(
+      lambda start: make_batches(start, hi),
+      labels,
+      lo,
+      hi,
+      feature_fn,
+      acc,
+      parts_dir,
+      part_size=part_size,
+      progress=progress,
+    )
   progress.update(acc.count * pc, force=True)
   samples_per_s = progress.rate()
 
@@ -203,8 +216,6 @@ def evaluate_sample_stream(
   )
   result = features.adm_metrics(merged, ref_acc, ref_stats)
 
-  size = image_size
-  npz_path = out_dir / f"samples_{num_samples}x{size}x{size}x3.npz"
   all_parts = sorted(parts_dir.glob("part_*.npz")) if pc > 1 else parts
   if pi == 0 and _complete(npz_path, num_samples):
     print(f"{npz_path} is already complete", flush=True)
@@ -238,9 +249,52 @@ def evaluate_sample_stream(
   }
   if not comparable:
     summary["warning"] = common.RANDOM_INIT_WARNING
+  if fid_warning:
+    summary["fid_warning"] = fid_warning
+  if skipped:
+    summary["skipped"] = skipped
   if pi == 0:
     common.write_json(out_dir / "summary.json", summary)
-  return summary
+  _remove_state(npz_path, num_samples, state_path, rows_dir, out_dir, parts_dir)
+  return common.plain(summary)
+
+
+def _skipped(ref, precision_recall: bool) -> dict[str, str]:
+  """The metrics this run does not compute, and why (FID needs the ADM reference batch)."""
+  if ref is None:
+    why = "no ADM reference batch (--ref_batch)"
+    return {"fid": why, "sfid": why, "precision/recall": why}
+  if not precision_recall:
+    return {"precision/recall": "not requested"}
+  return {}
+
+
+def _features_from_npz(npz_path, lo, hi, feature_fn, acc, batch_size, progress) -> list:
+  """A finished run's samples, read back from its complete `.npz` instead of sampled again."""
+  print(f"{npz_path.name} is complete: features from it, no sampling", flush=True)
+  for batch in adm_npz.iter_npz_batches(npz_path, batch_size, start=lo):
+    batch = batch[: hi - lo - acc.count]
+    if not len(batch):
+      break
+    acc.update(feature_fn(np.asarray(batch)))
+    progress.update(acc.count * jax.process_count())
+  return []
+
+
+def _remove_state(npz_path, num, state_path, rows_dir, out_dir, parts_dir) -> None:
+  """Once the `.npz` is complete, the resume state goes (features, rows, reference features);
+  the samples `.npz`, summary.json and kept part files stay."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("softvq_jax generation evaluation finished")
+  if not _complete(npz_path, num):
+    return  # the parts are still needed (not assembled): keep everything for a rerun
+  common.remove_state(state_path, rows_dir)
+  if jax.process_index() == 0:
+    common.remove_state(out_dir / "reference_features.npz")
+    if parts_dir.is_dir() and not any(parts_dir.iterdir()):
+      parts_dir.rmdir()
 
 
 def evaluate_generation(

@@ -103,11 +103,10 @@ def evaluate_tokenizer(
 
   out_dir = pathlib.Path(out_dir)
   pi, pc = jax.process_index(), jax.process_count()
-  if feature_fn is None:  # first: a missing weight file should fail before any other work
+  comparable, inc_params = False, None
+  if feature_fn is None and (inception_path or not inception_random_init):
+    # first: a missing weight file fails before any other work (loading the file is quick)
     inc_params, comparable = common.inception_params(inception_path, inception_random_init)
-    feature_fn = common.inception_feature_fn(inc_params)
-  else:
-    comparable = False
   tok = model if isinstance(model, pretrained.PretrainedTokenizer) else None
   if tok is None:
     tok = pretrained.load_tokenizer(model, ema=ema, step=step)
@@ -135,6 +134,16 @@ def evaluate_tokenizer(
   )
   total = eval_data.num_examples if not num_images else min(num_images, eval_data.num_examples)
   local = local_share(total, pi, pc)
+  fid_warning = common.fid_sample_warning(
+    total, common.INCEPTION_POOL_DIM if feature_fn is None else None
+  )
+  common.warn(fid_warning)
+  skipped = _skipped(ref_stats, lpips_lin, precision_recall)
+  common.note_skipped(skipped)
+  if feature_fn is None:  # random Inception weights: built after the cheap checks above
+    if inc_params is None:
+      inc_params, comparable = common.inception_params(inception_path, inception_random_init)
+    feature_fn = common.inception_feature_fn(inc_params)
 
   lp_fn, lp_params = lpips_components(lpips_vgg, lpips_lin)
   q = tok.config.get("quantizer", {})  # code counts are filled only if encode returns indices
@@ -204,6 +213,10 @@ def evaluate_tokenizer(
   )
   if not comparable:
     summary["warning"] = common.RANDOM_INIT_WARNING
+  if fid_warning:
+    summary["fid_warning"] = fid_warning
+  if skipped:
+    summary["skipped"] = skipped
   if pi == 0:
     common.write_json(out_dir / "summary.json", summary)
     if len(state.grid_original):
@@ -211,4 +224,17 @@ def evaluate_tokenizer(
         out_dir / "reconstructions.png",
         image_utils.side_by_side(state.grid_original, state.grid_reconstruction, ncols=4),
       )
-  return summary
+  common.remove_state(state_path)  # finished: only the results stay
+  return common.plain(summary)
+
+
+def _skipped(ref_stats, lpips_lin, precision_recall) -> dict[str, str]:
+  """The optional metrics this run does not compute, and why."""
+  out = {}
+  if not ref_stats:
+    out["fid_vs_reference"] = "no reference statistics (--ref_stats)"
+  if not lpips_lin:
+    out["lpips"] = "no LPIPS weights (--lpips_lin)"
+  if not precision_recall:
+    out["precision/recall"] = "not requested (--precision_recall)"
+  return out

@@ -25,7 +25,7 @@ from softvq_jax.models.sit import generator_from_train_config
 from softvq_jax.objectives import diffusion as diffusion_lib
 from softvq_jax.objectives import transport
 from softvq_jax.sampling import generate as generate_lib
-from softvq_jax.training import loop, optim
+from softvq_jax.training import eval_batches, loop, optim
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
 
@@ -239,10 +239,9 @@ class GeneratorTask(loop.Task):
     """Mean loss of the EMA and raw params on (up to eval.num_batches) eval batches, fixed keys."""
     runs = {"ema": state.ema_params, "raw": state.params}
     sums = {prefix: [0.0, 0.0] for prefix in runs}  # (loss total, count)
-    for i, batch in enumerate(eval_data.iterator()):  # each batch read and placed once
-      if i >= self.config.eval.num_batches:
-        break
-      b = sharding.global_batch(_pad_batch(batch, jax.local_device_count()), self.mesh)
+    limit = self.config.eval.num_batches
+    batches = eval_batches.global_eval_batches(eval_data, self.mesh, limit=limit)
+    for i, b in enumerate(batches):  # each batch read and placed once, equal counts per host
       key = jax.random.fold_in(jax.random.key(1234), i)
       for prefix, params in runs.items():
         s, n = self._eval_fn(params, b, key)
@@ -279,19 +278,6 @@ class GeneratorTask(loop.Task):
     labels, keys = jax.device_put((jnp.asarray(labels), keys), rep)
     images = self._grid_fn(state.ema_params, self._tok_params, labels, keys)
     return {"samples": image_utils.make_grid(np.asarray(images), ncols=min(8, n))}
-
-
-def _pad_batch(batch: dict, multiple: int) -> dict:
-  """Pads an eval batch (with mask False rows) to a multiple of the local device count."""
-  n = len(batch["mask"])
-  pad = -n % multiple
-  if not pad:
-    return dict(batch)
-  out = {
-    k: np.concatenate([v, np.repeat(np.asarray(v)[-1:], pad, axis=0)]) for k, v in batch.items()
-  }
-  out["mask"][n:] = False
-  return out
 
 
 def train(config, workdir):

@@ -148,6 +148,7 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
   """
   workdir = paths.user_path(workdir)
   is_main = jax.process_index() == 0
+  created = is_main and not workdir.exists()
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.WorkdirLock(workdir) if is_main else None
@@ -159,6 +160,8 @@ def train(task_cls: type[Task], config: ml_collections.ConfigDict, workdir: str)
   finally:
     if lock is not None:
       lock.release()
+    if created and not list(workdir.iterdir()):  # refused before writing anything: no trace
+      workdir.rmdir()
 
 
 def _restore_or_init(task, config, ckpt, abstract, state_shardings, rng, finite_fn):

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
+from softvq_jax import sharding
 from softvq_jax.evaluation import image_metrics
 from softvq_jax.models import discriminators
 from softvq_jax.models.factory import build_tokenizer
@@ -32,7 +32,7 @@ from softvq_jax.models.frozen import dinov2
 from softvq_jax.models.projector import AlignProjector
 from softvq_jax.objectives import adversarial
 from softvq_jax.objectives import tokenizer as objective
-from softvq_jax.training import frozen_nets, loop, optim
+from softvq_jax.training import eval_batches, frozen_nets, loop, optim
 from softvq_jax.training import gan as gan_state
 from softvq_jax.training.train_state import TrainState, ema_update
 from softvq_jax.utils import images as image_utils
@@ -266,45 +266,57 @@ class TokenizerTask(loop.Task):
       )
     }
 
-  # --- host-side evaluation -------------------------------------------------------------------
+  # --- evaluation -----------------------------------------------------------------------------
   @functools.cached_property
-  def _reconstruct(self):
-    return jax.jit(lambda params, x: self.model.apply({"params": params}, x))
+  def _eval_fn(self):
+    """(EMA params, raw params, global batch) -> masked metric sums, reduced over the mesh."""
 
-  def reconstruct(self, params, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._reconstruct(params, jnp.asarray(images))[0])
+    def fn(ema, raw, batch):
+      x, mask = batch["image"], batch["mask"]
+      xu8 = image_metrics.to_uint8(x, jnp)
+      sums = {"count": jnp.sum(mask.astype(jnp.float32))}
+      masked_sum = lambda v: jnp.sum(jnp.where(mask, v, 0.0))
+      for prefix, params in (("ema", ema), ("raw", raw)):
+        rec = self.model.apply({"params": params}, x)[0]
+        ru8 = image_metrics.to_uint8(rec, jnp)
+        sums[f"{prefix}_psnr"] = masked_sum(image_metrics.psnr(xu8, ru8, 255.0))
+        sums[f"{prefix}_ssim"] = masked_sum(image_metrics.ssim(xu8, ru8, 255.0))
+        sums[f"{prefix}_mse"] = masked_sum(jnp.mean((jnp.clip(rec, -1, 1) - x) ** 2, (1, 2, 3)))
+      return sums
+
+    return jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
 
   def evaluate(self, state, eval_data, step):
-    """PSNR/SSIM (uint8, data range 255, as the reference) and MSE in [-1, 1] on the eval split."""
-    out = {}
-    for prefix, params in (("ema", state.ema_params), ("raw", state.params)):
-      psnrs, ssims, mses = [], [], []
-      seen = 0
-      for batch in eval_data.iterator():
-        mask = np.asarray(batch["mask"], bool)
-        x = np.asarray(batch["image"], np.float32)
-        rec = self.reconstruct(params, x)
-        xu8, ru8 = image_metrics.to_uint8(x), image_metrics.to_uint8(rec)
-        psnrs.append(np.asarray(image_metrics.psnr(xu8, ru8, 255.0))[mask])
-        ssims.append(np.asarray(image_metrics.ssim(xu8, ru8, 255.0))[mask])
-        mses.append(np.mean((np.clip(rec, -1, 1) - x) ** 2, axis=(1, 2, 3))[mask])
-        seen += int(mask.sum())
-        if self.config.max_eval_images and seen >= self.config.max_eval_images:
-          break
-      # Sums and counts over all processes (each evaluates its own share of the split).
-      sums = np.array([np.concatenate(v).sum() for v in (psnrs, ssims, mses)] + [seen], np.float64)
-      if jax.process_count() > 1:
-        sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 4).sum(0)
-      for i, name in enumerate(("psnr", "ssim", "mse")):
-        out[f"eval/{prefix}_{name}"] = float(sums[i] / max(sums[3], 1))
-    return out
+    """PSNR/SSIM (uint8, data range 255, as the reference) and MSE in [-1, 1], EMA and raw.
+
+    One pass over the eval split (at most `max_eval_images`), each device reconstructing its
+    share of every global batch; sums are reduced in-jit, so every process gets the totals.
+    """
+    totals: dict[str, float] = {}
+    batches = eval_batches.global_eval_batches(eval_data, self.mesh, self.config.max_eval_images)
+    for batch in batches:
+      sums = jax.device_get(self._eval_fn(state.ema_params, state.params, batch))
+      for k, v in sums.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    count = max(totals.pop("count", 0.0), 1.0)
+    return {f"eval/{k}": v / count for k, v in totals.items()}
+
+  @functools.cached_property
+  def _reconstruct(self):
+    return jax.jit(
+      lambda params, x: jnp.clip(self.model.apply({"params": params}, x)[0], -1, 1),
+      out_shardings=sharding.replicated(self.mesh),
+    )
 
   def images(self, state, eval_data, step):
-    batch = next(iter(eval_data.iterator()))
-    n = int(min(self.config.eval.num_images_grid, np.asarray(batch["mask"]).sum()))
-    x = np.asarray(batch["image"][:n], np.float32)
-    rec = np.clip(self.reconstruct(state.ema_params, x), -1, 1)
-    return {"reconstruction": image_utils.side_by_side(x, rec, ncols=4)}
+    """Held-out images beside their EMA reconstructions (the first global eval batch)."""
+    batch = next(eval_batches.global_eval_batches(eval_data, self.mesh, limit=1))
+    rec = np.asarray(self._reconstruct(state.ema_params, batch["image"]))
+    x = np.asarray(jax.device_put(batch["image"], sharding.replicated(self.mesh)))
+    mask = np.asarray(jax.device_put(batch["mask"], sharding.replicated(self.mesh)))
+    n = int(min(self.config.eval.num_images_grid, mask.sum()))
+    keep = np.flatnonzero(mask)[:n]
+    return {"reconstruction": image_utils.side_by_side(x[keep], rec[keep], ncols=4)}
 
 
 def optim_global_norm(tree) -> jax.Array:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 from PIL import Image
@@ -58,16 +57,10 @@ def side_by_side(originals, reconstructions, ncols: int = 4) -> np.ndarray:
   return make_grid(pairs, ncols=2 * ncols)
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
-  """Writes a uint8 (H, W, 3) PNG atomically (temp file in the same folder, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(to_uint8(image, rounding="round")).save(f, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+def save_png(path: str | os.PathLike, image: np.ndarray):
+  """Writes a uint8 (H, W, 3) PNG atomically, local or `gs://` (see utils.files.atomic_open)."""
+  from softvq_jax.utils.files import atomic_open
+
+  with atomic_open(path) as f:
+    Image.fromarray(to_uint8(image, rounding="round")).save(f, format="PNG")
+  return path if "://" in os.fspath(path) else pathlib.Path(path)
