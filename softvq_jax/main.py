@@ -23,6 +23,12 @@ _DISTRIBUTED = flags.DEFINE_enum(
   "Call jax.distributed.initialize(): 'auto' does so under SLURM with several tasks or when "
   "JAX_COORDINATOR_ADDRESS is set; use 'true' on multi-host TPU pods (launch/tpu_run.sh does).",
 )
+_PRINT_CONFIG = flags.DEFINE_boolean(
+  "print_config",
+  False,
+  "Print the resolved config (every key = value with its help; '*' marks values that differ "
+  "from the recipe) and exit, without --workdir and before anything is built.",
+)
 
 
 def _needs_distributed_init() -> bool:
@@ -37,13 +43,20 @@ def main(argv):
   del argv  # cli.run has refused any positional argument
   # Checked here rather than with mark_flags_as_required, which would make these flags required
   # for every other program run in the same process (notebooks, tests).
-  missing = [f"--{f.name}" for f in (_CONFIG, _WORKDIR) if f.value is None]
+  needed = (_CONFIG,) if _PRINT_CONFIG.value else (_CONFIG, _WORKDIR)
+  missing = [f"--{f.name}" for f in needed if f.value is None]
   if missing:
     raise UserError(
       f"missing required flags {', '.join(missing)} (e.g. "
       "--config=configs/tokenizer_b.py:quick --workdir=runs/quick)"
     )
   config = _CONFIG.value
+  if _PRINT_CONFIG.value:
+    from softvq_jax.config import keys
+
+    spec = flags.FLAGS["config"].config_filename
+    print(keys.describe(config, defaults=keys.recipe_defaults(spec), title=spec))
+    return 0
   # Imports after flag parsing keep `--help` fast.
   import jax
 
