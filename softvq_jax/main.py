@@ -31,6 +31,22 @@ _PRINT_CONFIG = flags.DEFINE_boolean(
 )
 
 
+def _distributed_init() -> None:
+  """jax.distributed.initialize(), from the cluster's environment (TPU, SLURM) or, for a plain
+  launcher, JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+  import jax
+
+  kw = {}
+  if os.environ.get("JAX_NUM_PROCESSES"):
+    kw = dict(
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ.get("JAX_PROCESS_ID", "0")),
+    )
+  if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # checked without starting a backend
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs and tests
+  jax.distributed.initialize(**kw)
+
+
 def _needs_distributed_init() -> bool:
   if _DISTRIBUTED.value != "auto":
     return _DISTRIBUTED.value == "true"
@@ -66,7 +82,7 @@ def main(argv):
   validate(config)  # before anything compiles
   cli.hide_accelerators_from_tf()
   if _needs_distributed_init():
-    jax.distributed.initialize()
+    _distributed_init()
   logging.info(
     "jax %s; process %d/%d; %d local / %d global devices: %s",
     jax.__version__,

@@ -229,3 +229,15 @@ def test_an_option_the_run_ignores_is_refused(overrides, named):
     node[key] = v
   with pytest.raises(ConfigError, match=named):
     validate(c)
+
+
+def test_every_missing_weight_file_is_named_at_once():
+  from softvq_jax.weights.io import WeightFileError
+
+  c = defaults.tokenizer_config("B")
+  with pytest.raises(WeightFileError) as info:
+    validate(c)
+  message = str(info.value)
+  assert message.startswith("3 weight files not found")
+  for key in ("loss.lpips_lin_path", "loss.disc.dino_path", "loss.align.teacher_path"):
+    assert key in message

@@ -270,7 +270,7 @@ def check_weight_files(config: ConfigDict) -> None:
   """
   from softvq_jax.models.frozen import dino
   from softvq_jax.training import frozen_nets
-  from softvq_jax.weights.io import require_file
+  from softvq_jax.weights.io import WeightFileError, require_file
 
   if config.model.get("encoder_init"):
     require_file(config.model.encoder_init, "DINOv2 encoder weights", "model.encoder_init")
@@ -298,13 +298,25 @@ def check_weight_files(config: ConfigDict) -> None:
     f"loss.disc.dino_variant={variant!r} exists only with random weights (tests, smoke runs): "
     "set loss.random_init=True, or use 'S' with loss.disc.dino_path",
   )
+  missing = []  # every missing file at once, not one per run
   for name in needed:
     keys, what = frozen_nets.WEIGHT_FILES[name]
     for key in keys:
       path = cfg_at(config, key)
       if key == "loss.lpips_vgg_path" and not path:
         continue
-      require_file(path, what, key)
+      if not path or not pathlib.Path(path).expanduser().is_file():
+        missing.append((key, what, path))
+  if len(missing) == 1:
+    key, what, path = missing[0]
+    require_file(path, what, key)  # raises, with the one file's full advice
+  if missing:
+    raise WeightFileError(
+      f"{len(missing)} weight files not found: "
+      + "; ".join(f"`{k}` ({w}): {p or '<empty path>'!r}" for k, w, p in missing)
+      + ". Nothing is downloaded at run time: download the published files and set those keys "
+      "(or loss.random_init=True for random weights in smoke runs)"
+    )
 
 
 # ---------------------------------------------------------------------------------- generators
