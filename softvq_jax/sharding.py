@@ -96,6 +96,33 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   )
 
 
+def to_host(tree: Any) -> Any:
+  """Full numpy copies of (possibly multi-host sharded) arrays; every process must call it.
+
+  `jax.device_get` fails on arrays sharded across hosts (e.g. `mesh.fsdp>1` on a pod): those are
+  all-gathered first. Arrays this process holds whole are copied directly.
+  """
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
+
+
+def place(host_tree: Any, shardings: Any) -> Any:
+  """Host arrays (the same on every process) -> global arrays with `shardings`, each device
+  getting only its slice (no device_get / full device_put of sharded state)."""
+  return jax.tree.map(
+    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+    host_tree,
+    shardings,
+  )
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   """The global batch must split evenly over devices and processes."""
   n = mesh.devices.size

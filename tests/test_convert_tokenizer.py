@@ -296,3 +296,84 @@ def test_our_models_export_to_reference_and_back(kw):
   )
   _, params2 = tokenizer_from_reference(ref_cfg, sd)
   jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
+def _hf_tiny():
+  """The field set of the released SoftVQVAE/softvq-bl-64 config.json (flat, no model_args), with
+  tiny values; `vit_overrides` (ours) shrinks the DINOv2-B/L backbones to 1 block of width 32."""
+  cfg = dict(HF_BL64, image_size=32, codebook_size=16, codebook_embed_dim=4, num_latent_tokens=4)
+  cfg["vit_overrides"] = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+  return cfg
+
+
+def _hf_folder(root, cfg, sd):
+  """A folder as `huggingface-cli download SoftVQVAE/<repo> --local-dir` leaves it."""
+  cio.save_safetensors(sd, root / "model.safetensors")
+  (root / "config.json").write_text(json.dumps(cfg, indent=2))
+  (root / "README.md").write_text("---\nlicense: apache-2.0\n---\n# SoftVQ-VAE\n")
+  (root / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+  return root
+
+
+def test_hf_repo_folder_converts_as_downloaded(tmp_path):
+  """`--weights <downloaded folder>` alone, `--weights <file>` (config.json beside it) and both
+  files given explicitly convert to the same params; the config is flat, as published."""
+  from softvq_jax import checkpointing
+  from softvq_jax.cli.convert import main
+
+  cfg = _hf_tiny()
+  ours = reference_to_model_config(cfg)
+  model = build_tokenizer(ours["model"], ours["quantizer"])
+  params = _fake_params(model, seed=4)
+  sd = tokenizer_to_reference(params, cfg)
+  folder = _hf_folder(tmp_path / "softvq-bl-64", cfg, sd)
+  runs = {
+    "folder": ["--weights", str(folder)],
+    "file": ["--weights", str(folder / "model.safetensors")],
+    "both": [
+      "--config",
+      str(folder / "config.json"),
+      "--weights",
+      str(folder / "model.safetensors"),
+    ],
+  }
+  for name, args in runs.items():
+    out = main(["tokenizer", *args, "--out", str(tmp_path / name)])
+    got, saved = checkpointing.load_model(out)
+    jax.tree.map(np.testing.assert_array_equal, got, params)
+    assert saved["reference_config"] == cfg and saved["model"]["vq_std"] == HF_BL64["vq_std"]
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_ddp_and_compile_prefixes_are_stripped(prefix):
+  """A state dict saved from a DDP / torch.compile wrapper (every key prefixed) converts as is."""
+  config, sd = load("softvq_small")
+  _, want = tokenizer_from_reference(config, sd)
+  _, got = tokenizer_from_reference(config, {prefix + k: v for k, v in sd.items()})
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_training_checkpoint_wrappers_take_the_ema_weights():
+  """A reference training checkpoint {"model", "ema", "optimizer", ...} gives its EMA weights
+  (as the reference sampling scripts' find_model); {"state_dict": ...} its content."""
+  raw, ema = {"w": np.zeros(2)}, {"w": np.ones(2)}
+  ckpt = {"model": raw, "ema": ema, "optimizer": {"state": {}}, "steps": 5}
+  assert cio.unwrap_state_dict(ckpt) is ema
+  assert cio.unwrap_state_dict({"model": raw, "optimizer": {}}) is raw
+  assert cio.unwrap_state_dict({"state_dict": raw}) is raw
+  with pytest.raises(ValueError, match="expected a state dict"):
+    cio.unwrap_state_dict([raw])
+
+
+def test_hf_folder_without_weights_or_config_is_named(tmp_path):
+  from softvq_jax.cli.convert import main
+
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "README.md").write_text("card")
+  with pytest.raises(
+    cio.WeightFileError, match=r"empty is a folder without model\.safetensors.*README"
+  ):
+    main(["tokenizer", "--weights", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+  cio.save_safetensors(load("softvq_small")[1], tmp_path / "w" / "model.safetensors")
+  with pytest.raises(cio.WeightFileError, match="no config.json beside"):
+    main(["tokenizer", "--weights", str(tmp_path / "w"), "--out", str(tmp_path / "o")])

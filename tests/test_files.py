@@ -33,3 +33,14 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     f.write(b"partial")
     raise RuntimeError("boom")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_get_normal_modes(tmp_path):
+  from softvq_jax.weights.io import save_safetensors
+
+  old = os.umask(0o022)
+  try:
+    save_safetensors({"w": np.ones(2, np.float32)}, tmp_path / "w.safetensors")
+  finally:
+    os.umask(old)
+  assert _mode(tmp_path / "w.safetensors") == 0o644

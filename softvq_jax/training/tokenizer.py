@@ -225,13 +225,15 @@ class TokenizerTask(loop.Task):
 
     sd = io.load_state_dict(path, "DINOv2 encoder weights", "model.encoder_init")
     enc = self.config.model.encoder
+    # Host copies gathered from every process (parameters may be sharded across hosts), the
+    # DINOv2 weights filled in, then each device given only its slice.
     params = init_encoder_from_dinov2(
-      jax.device_get(state.params),
+      sharding.to_host(state.params),
       sd,
       patch_size=enc.patch_size,
       image_size=self.config.model.image_size,
     )
-    params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+    params = sharding.place(params, jax.tree.map(lambda x: x.sharding, state.params))
     logging.info("Tokenizer encoder initialised from DINOv2 weights %s", path)
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
@@ -251,7 +253,7 @@ class TokenizerTask(loop.Task):
         f"{self.config.loss.disc.name!r}, dino_variant={self.config.loss.disc.dino_variant!r}); "
         "convert the reference heads with the same sizes (python -m softvq_jax.convert dino-disc)"
       )
-    new = jax.device_put(tree, jax.tree.map(lambda x: x.sharding, want))
+    new = sharding.place(sharding.to_host(tree), jax.tree.map(lambda x: x.sharding, want))
     extra = {**state.extra, "disc": {**state.extra["disc"], **new}}
     logging.info("Discriminator heads initialised from %s", path)
     return state.replace(extra=extra)

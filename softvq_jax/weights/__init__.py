@@ -2,8 +2,10 @@
 
 Public API: `tokenizer_from_reference`, `tokenizer_to_reference`, `reference_to_model_config`,
 `model_to_reference_config`, `init_encoder_from_dinov2`, `sit_from_reference`,
-`dino_disc_from_reference`, `dino_disc_to_reference`; `load_tokenizer` (exported model dirs and
-workdirs, weights/pretrained.py). CLI: `python -m softvq_jax.convert -h`.
+`sit_to_reference`, `dino_disc_from_reference`, `dino_disc_to_reference`; `load_tokenizer`
+(exported model dirs and workdirs, weights/pretrained.py). CLI: `python -m softvq_jax.convert -h`.
+What every reader refuses (non-float or non-finite tensors, unknown or mistyped config keys,
+unparsable files), with errors naming the file and key: weights/checks.py.
 This layer imports models, never the reverse.
 """
 
@@ -19,6 +21,7 @@ __all__ = [
   "model_to_reference_config",
   "reference_to_model_config",
   "sit_from_reference",
+  "sit_to_reference",
   "tokenizer_from_reference",
   "tokenizer_to_reference",
 ]
@@ -32,6 +35,7 @@ _LAZY = {
   "model_to_reference_config": "softvq_jax.weights.reference_config",
   "reference_to_model_config": "softvq_jax.weights.reference_config",
   "sit_from_reference": "softvq_jax.weights.sit",
+  "sit_to_reference": "softvq_jax.weights.sit",
   "tokenizer_from_reference": "softvq_jax.weights.tokenizer",
   "tokenizer_to_reference": "softvq_jax.weights.tokenizer",
 }

@@ -32,15 +32,16 @@ def params_from_state_dict(
 ) -> dict[str, Any]:
   """Official DINO / timm `vit_small_patch16_224.dino` state dict -> trunk params (numpy).
 
-  Extra `head.*` and the unused final `norm.*` are ignored; the qkv k-bias is zeroed.
+  Extra `head.*` and the unused final `norm.*` are ignored; the qkv k-bias is zeroed. Tensors
+  must be float and finite; errors name the file of a state dict read with `io.load_state_dict`.
   """
-  sd = {k.removeprefix("module."): v for k, v in sd.items()}
+  sd = io.strip_wrapper_prefix(sd)
   entries = _entries(depth)
   extra_blocks = tuple(f"blocks.{i}." for i in range(depth, 64))  # deeper blocks are unused
   ignore = ("head.", "norm.", *extra_blocks)
   vit_weights.check_keys(sd, [k for _, k, _ in entries], ignore, WHAT, CONFIG_KEY)
   tree = vit_weights.to_tree(sd, entries)
-  vit_weights.check_shapes(tree, abstract_params(depth, width, num_heads), WHAT, CONFIG_KEY)
+  vit_weights.check_shapes(tree, abstract_params(depth, width, num_heads), WHAT, CONFIG_KEY, sd)
   for i in range(depth):
     bias = tree[f"blocks_{i}"]["attn"]["qkv"]["bias"]
     c = bias.shape[0] // 3

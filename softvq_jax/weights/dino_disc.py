@@ -29,6 +29,10 @@ Prefixes: the reference training script saves `vq_loss.discriminator.state_dict(
 of a wrapping module (VQLoss: `discriminator.`; torch.compile: `_orig_mod.`; DDP: `module.`) is
 accepted: the one prefix in front of `heads.<i>.` is detected (or given as `prefix=`) and
 stripped; keys outside that prefix belong to other modules and are ignored (logged).
+
+Refused (weights/checks.py), naming the file of a state dict read with `io.load_state_dict`: a
+tensor that is not float or holds NaN/Inf, a counter that is not an integer scalar, missing /
+unknown keys and shapes; on the way out, non-finite params or statistics.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from absl import logging
 
 from softvq_jax.models.discriminators.dino_heads import DinoHeads
 from softvq_jax.models.frozen.dino import WIDTH
-from softvq_jax.weights import io
+from softvq_jax.weights import checks, io
 
 Path = tuple[str, ...]
 WHAT = "reference DINO discriminator (DinoDisc heads)"
@@ -120,9 +124,9 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str | None = None) -> di
   if prefix is None:
     found = sorted({m.group(1) for k in state_dict if (m := _HEAD_KEY.match(k))})
     if len(found) > 1:
-      raise ValueError(
-        f"{WHAT}: the state dict holds DinoDisc heads under several prefixes {found}; "
-        "pass the one to convert (CLI: --prefix)"
+      raise checks.WeightValueError(
+        f"{checks.where(state_dict)}{WHAT}: the state dict holds DinoDisc heads under several "
+        f"prefixes {found}; pass the one to convert (CLI: --prefix)"
       )
     prefix = found[0] if found else ""
   out, ignored = {}, []
@@ -139,7 +143,7 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str | None = None) -> di
     logging.info("%s: stripped the key prefix %r", WHAT, prefix)
   if ignored:
     logging.info("%s: ignored %d keys outside the heads: %s", WHAT, len(ignored), _show(ignored))
-  return out
+  return checks.keep_source(out, state_dict)
 
 
 def _show(keys: list[str], n: int = 8) -> list[str]:
@@ -150,7 +154,9 @@ def _show(keys: list[str], n: int = 8) -> list[str]:
 def reference_num_batches_tracked(state_dict: Mapping[str, Any], prefix: str | None = None) -> int:
   """The BatchNorms' `num_batches_tracked` (their maximum; warns when they differ), 0 if absent."""
   sd = strip_prefix(state_dict, prefix)
-  values = [int(np.ravel(v)[0]) for k, v in sd.items() if k.endswith(".num_batches_tracked")]
+  values = [
+    checks.integer_scalar(v, k, sd) for k, v in sd.items() if k.endswith(".num_batches_tracked")
+  ]
   if values and min(values) != max(values):
     logging.warning("%s: num_batches_tracked differs between layers %s", WHAT, sorted(set(values)))
   return max(values, default=0)
@@ -173,6 +179,7 @@ def dino_disc_from_reference(
   listing missing and unknown keys together and ValueError listing every shape mismatch.
   """
   sd = strip_prefix(state_dict, prefix)
+  src = checks.where(sd)
   if spectral is None:
     spectral = any(k.endswith(".weight_orig") for k in sd) or not sd
   entries = key_map(num_heads, kernel_size, spectral)
@@ -181,8 +188,8 @@ def dino_disc_from_reference(
   missing, unknown = sorted(want - set(sd)), sorted(set(sd) - want)
   dims = f"num_heads={num_heads}, width={width}, kernel_size={kernel_size}, spectral={spectral}"
   if missing or unknown:
-    raise KeyError(
-      f"{WHAT} state dict does not match ({dims}): "
+    raise checks.WeightKeyError(
+      f"{src}{WHAT} state dict does not match ({dims}): "
       + (f"missing keys {_show(missing)}" if missing else "")
       + ("; " if missing and unknown else "")
       + (f"unknown keys {_show(unknown)}" if unknown else "")
@@ -193,8 +200,11 @@ def dino_disc_from_reference(
   flat: dict[str, dict] = {c: {} for c in abstract}
   # torch loads a (1,) counter into its 0-d buffer too (numpy writers often produce one)
   bad = [f"{k} {np.shape(sd[k])} needs ()" for k in counters if np.shape(sd[k]) not in ((), (1,))]
+  for k in counters:
+    if np.shape(sd[k]) in ((), (1,)):
+      checks.integer_scalar(sd[k], k, sd)
   for coll, path, key, kind in entries:
-    w = np.asarray(sd[key])
+    w = checks.float_tensor(sd[key], key, sd)
     arr = io.TO_FLAX[kind](w)
     need = abstract[coll][path]
     if arr.shape != tuple(need.shape):
@@ -203,7 +213,7 @@ def dino_disc_from_reference(
       continue
     flat[coll][path] = jnp.asarray(arr, dtype=need.dtype)
   if bad:
-    raise ValueError(f"{WHAT}: shape mismatch ({dims}):\n  " + "\n  ".join(bad))
+    raise checks.WeightValueError(f"{src}{WHAT}: shape mismatch ({dims}):\n  " + "\n  ".join(bad))
   if {c: set(v) for c, v in flat.items()} != {c: set(v) for c, v in abstract.items()}:
     raise RuntimeError("DinoDisc key map does not cover the variables; please report")
   logging.info("converted %d %s tensors", len(entries), WHAT)
@@ -227,7 +237,9 @@ def dino_disc_to_reference(
     width = int(np.shape(heads["heads_0"]["block_norm"]["scale"])[0])
     kernel_size = int(np.shape(heads["heads_0"]["res_conv"]["kernel"])[0])
   except (KeyError, TypeError, IndexError) as e:
-    raise KeyError(f"params are not a DinoDiscriminator's (no heads/heads_0/...): {e}") from e
+    raise checks.WeightKeyError(
+      f"params are not a DinoDiscriminator's (no heads/heads_0/...): {e}"
+    ) from e
   spectral = SPECTRAL in state
   abstract = abstract_variables(num_heads, width, kernel_size, spectral)
   given = {"params": params, **state}
@@ -241,14 +253,16 @@ def dino_disc_to_reference(
       if np.shape(g[p]) != tuple(a[p].shape):
         bad.append(f"{coll}/{'/'.join(p)}: got {np.shape(g[p])}, need {tuple(a[p].shape)}")
   if miss or extra:
-    raise KeyError(
+    raise checks.WeightKeyError(
       f"params/state do not match a DinoDiscriminator (num_heads={num_heads}, width={width}, "
       f"kernel_size={kernel_size}, spectral={spectral}): missing {_show(miss)}, "
       f"unexpected {_show(extra)}"
     )
   if bad:
-    raise ValueError("DinoDiscriminator shape mismatch:\n  " + "\n  ".join(bad))
+    raise checks.WeightValueError("DinoDiscriminator shape mismatch:\n  " + "\n  ".join(bad))
   flat = {c: io.flatten(v) for c, v in given.items()}
+  for coll, tree in flat.items():
+    checks.check_finite_tree(tree, f"DinoDiscriminator {coll}")
   out: dict[str, np.ndarray] = {}
   for coll, path, key, kind in key_map(num_heads, kernel_size, spectral):
     out[key] = io.TO_TORCH[kind](np.asarray(flat[coll][path], np.float32))

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from softvq_jax.models.frozen.dinov2 import TEACHER_VARIANTS, abstract_params, teacher_variant
-from softvq_jax.weights import io, resample
+from softvq_jax.weights import checks, io, resample
 from softvq_jax.weights import vit as vit_weights
 
 CONFIG_KEY = "loss.align.teacher_path"
@@ -20,7 +20,8 @@ WHAT = "DINOv2 alignment teacher weights"
 
 def _to_timm_layout(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """facebookresearch DINOv2 -> timm layout (as timm `_convert_dinov2`); timm files pass through."""
-  sd = {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
+  source = sd
+  sd = {k: np.asarray(v) for k, v in io.strip_wrapper_prefix(sd).items()}
   sd.pop("mask_token", None)
   if "register_tokens" in sd:  # registers: timm keeps cls and reg out of the position grid
     sd["reg_token"] = sd.pop("register_tokens")
@@ -33,7 +34,7 @@ def _to_timm_layout(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     elif ".mlp.w3." in k:
       k = k.replace(".mlp.w3.", ".mlp.fc2.")
     out[k] = v
-  return out
+  return checks.keep_source(out, source)
 
 
 def params_from_state_dict(
@@ -51,9 +52,10 @@ def params_from_state_dict(
   if "cls_token" in sd and sd["cls_token"].shape[-1] != width:
     w = sd["cls_token"].shape[-1]
     found = [k for k, v in TEACHER_VARIANTS.items() if v[1] == w]
-    raise ValueError(
-      f"{WHAT} (config key `{CONFIG_KEY}`): the file has width {w} (variant {found or '?'}) "
-      f"but loss.align.teacher_variant={variant!r} needs width {width}; set the variant to match"
+    raise checks.WeightValueError(
+      f"{checks.where(sd)}{WHAT} (config key `{CONFIG_KEY}`): the file has width {w} "
+      f"(variant {found or '?'}) but loss.align.teacher_variant={variant!r} needs width "
+      f"{width}; set the variant to match"
     )
   n_reg = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
   entries = [
@@ -75,7 +77,7 @@ def params_from_state_dict(
   pos = resample.resample_pos_embed(tree["pos_embed"], (grid, grid), num_prefix_tokens=prefix)
   tree["pos_embed"] = np.asarray(pos, np.float32)
   expected = abstract_params(variant, grid, patch_size, n_reg)
-  vit_weights.check_shapes(tree, expected, WHAT, CONFIG_KEY)
+  vit_weights.check_shapes(tree, expected, WHAT, CONFIG_KEY, sd)
   return tree
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from softvq_jax.weights import io
+from softvq_jax.weights import checks, io
 from softvq_jax.weights.tokenizer import vit_key_map
 
 _IGNORED = ("mask_token", "reg_token")
@@ -45,12 +45,15 @@ def init_encoder_from_dinov2(
 
   `dinov2_state_dict` holds numpy arrays in PyTorch layout with keys `cls_token`, `pos_embed`,
   `patch_embed.proj.{weight,bias}`, `blocks.{i}.*`, `norm.*`; its depth and width must match
-  the encoder's.
+  the encoder's. Every tensor used must be float and finite (WeightValueError); errors name the
+  file when the state dict was read with `io.load_state_dict`.
   """
   enc = dict(params["encoder"])
   depth = sum(1 for k in enc if k.startswith("blocks_"))
   width = int(np.shape(enc["cls_token"])[-1])
-  sd = dict(dinov2_state_dict)
+  sd = io.strip_wrapper_prefix(dinov2_state_dict)
+  src = checks.where(sd)
+  sd = checks.keep_source(dict(sd), sd)
   ignored = [k for k in sd if k.split(".")[0] in _IGNORED]
   if ignored:
     logging.info("DINOv2 init: ignoring %s", ", ".join(sorted(ignored)))
@@ -64,12 +67,16 @@ def init_encoder_from_dinov2(
   missing = sorted(want - set(sd))
   unknown = sorted(set(sd) - want - set(ignored))
   if missing or unknown:
-    raise KeyError(
-      f"DINOv2 state dict does not match an encoder of depth {depth}: missing {missing}, "
+    raise checks.WeightKeyError(
+      f"{src}DINOv2 state dict does not match an encoder of depth {depth}: missing {missing}, "
       f"unexpected {unknown}"
     )
+  for key in want:
+    sd[key] = checks.float_tensor(sd[key], key, sd)
   if np.shape(sd["cls_token"])[-1] != width:
-    raise ValueError(f"DINOv2 width {np.shape(sd['cls_token'])[-1]} != encoder width {width}")
+    raise checks.WeightValueError(
+      f"{src}DINOv2 width {np.shape(sd['cls_token'])[-1]} != encoder width {width}"
+    )
 
   flat: dict[tuple[str, ...], np.ndarray] = {}
   for path, key, kind in entries:
@@ -101,8 +108,9 @@ def init_encoder_from_dinov2(
       node = node[k]
     old = node[path[-1]]
     if tuple(value.shape) != tuple(np.shape(old)):
-      raise ValueError(
-        f"DINOv2 {'/'.join(path)} has shape {value.shape}, encoder needs {tuple(np.shape(old))}"
+      raise checks.WeightValueError(
+        f"{src}DINOv2 {'/'.join(path)} has shape {value.shape}, "
+        f"encoder needs {tuple(np.shape(old))}"
       )
     node[path[-1]] = jnp.asarray(value, dtype=old.dtype)
   return {**params, "encoder": enc}

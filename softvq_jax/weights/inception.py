@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from softvq_jax.models.frozen.inception import param_shapes
+from softvq_jax.weights import checks
 from softvq_jax.weights import io as wio
 
 CONFIG_KEY = "eval.inception_path"
@@ -62,23 +63,25 @@ def torch_state_dict(params: Mapping) -> dict[str, np.ndarray]:
 
 
 def params_from_torch_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
-  """pytorch-fid state dict -> Flax params; every key must be present with its exact shape."""
+  """pytorch-fid state dict -> Flax params; every key must be present with its exact shape, as a
+  finite float tensor (errors name the file of a state dict read with `io.load_state_dict`)."""
   shapes = wio.flatten(param_shapes())
+  src = checks.where(state_dict)
   sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
   expected = {_torch_key(p): p for p in shapes}
   missing = sorted(set(expected) - set(sd))
   unexpected = sorted(set(sd) - set(expected))
   if missing or unexpected:
-    raise ValueError(
-      f"{WHAT}: state dict does not match the FID Inception layout; missing {len(missing)} keys "
-      f"{missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]}"
+    raise checks.WeightValueError(
+      f"{src}{WHAT}: state dict does not match the FID Inception layout; missing "
+      f"{len(missing)} keys {missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]}"
     )
   flat = {}
   for key, path in expected.items():
-    arr = _to_flax_layout(path, np.asarray(sd[key], dtype=np.float32))
+    arr = _to_flax_layout(path, checks.float_tensor(sd[key], key, state_dict).astype(np.float32))
     if arr.shape != tuple(shapes[path].shape):
-      raise ValueError(
-        f"{WHAT}: {key} has shape {np.shape(sd[key])}, expected the Flax shape "
+      raise checks.WeightValueError(
+        f"{src}{WHAT}: {key} has shape {np.shape(sd[key])}, expected the Flax shape "
         f"{tuple(shapes[path].shape)} after layout conversion"
       )
     flat[path] = arr

@@ -12,9 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
+
+from softvq_jax.utils.errors import UserError
+from softvq_jax.utils.files import make_public
+from softvq_jax.weights.checks import FileDict, WeightKeyError
 
 
-class WeightFileError(FileNotFoundError):
+class WeightFileError(UserError, FileNotFoundError):
   """A configured weight file is missing or unreadable; the message names the file and the fix."""
 
 
@@ -32,8 +37,49 @@ def require_file(path: str | os.PathLike, what: str, config_key: str | None = No
   return p
 
 
-# Keys of a torch checkpoint that wrap the state dict, unwrapped in this order.
-TORCH_WRAPPERS = ("state_dict", "model", "module")
+# What a Hugging Face repo of the reference (`SoftVQVAE/*`, PyTorchModelHubMixin) holds: the
+# constructor's config and the weights, in the order a weights file is looked for.
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def hf_files(config_path, weights_path) -> tuple[pathlib.Path, pathlib.Path]:
+  """(config, weights) paths from a converter's --config / --weights.
+
+  `weights_path` may be a downloaded Hugging Face repo folder (`huggingface-cli download
+  SoftVQVAE/softvq-bl-64 --local-dir DIR`): its `model.safetensors` (else `pytorch_model.bin`)
+  is taken. An empty `config_path` means the `config.json` beside the weights, as the repos ship
+  it. Missing files raise WeightFileError naming the folder and what it holds.
+  """
+  w = pathlib.Path(os.path.expanduser(str(weights_path))) if weights_path else None
+  if w is not None and w.is_dir():
+    found = next((w / n for n in HF_WEIGHTS if (w / n).is_file()), None)
+    if found is None:
+      held = sorted(p.name for p in w.iterdir())[:10]
+      raise WeightFileError(
+        f"{w} is a folder without {' or '.join(HF_WEIGHTS)} (it holds {held}); pass the weights "
+        "file with --weights"
+      )
+    w = found
+  if not config_path:
+    if w is None:
+      raise WeightFileError("pass --weights (a weights file or a downloaded Hugging Face folder)")
+    c = w.parent / HF_CONFIG
+    if not c.is_file():
+      raise WeightFileError(
+        f"no {HF_CONFIG} beside {w} (a Hugging Face repo ships one next to the weights); pass "
+        "the reference config with --config"
+      )
+    return c, w
+  return pathlib.Path(os.path.expanduser(str(config_path))), w or pathlib.Path(str(weights_path))
+
+
+# Keys of a torch checkpoint that wrap the state dict, unwrapped in this order. A reference
+# training checkpoint holds {"model", "ema", "optimizer", ...}: its EMA weights are taken, as the
+# reference's sampling scripts (`find_model`) do.
+TORCH_WRAPPERS = ("state_dict", "ema", "model", "module")
+# Module-wrapper prefixes in front of every key: DDP (`module.`), torch.compile (`_orig_mod.`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def load_state_dict(
@@ -44,19 +90,20 @@ def load_state_dict(
 ):
   """Loads {key: np.ndarray} from .safetensors, .npz or (with torch installed) .pth/.pt/.bin.
 
-  A torch file's object is unwrapped through `wrappers` (see `unwrap_state_dict`)."""
+  A torch file's object is unwrapped through `wrappers` (see `unwrap_state_dict`). The result is a
+  `checks.FileDict` that remembers `path`, so converters name the file in their errors."""
   p = require_file(path, what, config_key)
   suffix = p.suffix.lower()
   try:
     if suffix == ".safetensors":
       from safetensors.numpy import load_file
 
-      return dict(load_file(str(p)))
+      return FileDict.of(load_file(str(p)), p)
     if suffix == ".npz":
       with np.load(p, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return FileDict.of({k: data[k] for k in data.files}, p)
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-      return _load_torch(p, wrappers)
+      return FileDict.of(_load_torch(p, wrappers), p)
   except WeightFileError:
     raise
   except Exception as e:  # corrupt or truncated files
@@ -69,13 +116,29 @@ def load_state_dict(
 
 def unwrap_state_dict(obj: Any, wrappers: tuple[str, ...] = TORCH_WRAPPERS) -> Mapping[str, Any]:
   """The state dict inside a loaded checkpoint: `obj[w]` for each wrapper key w present, in order
-  (e.g. a training checkpoint's "discriminator", then its "state_dict")."""
+  (e.g. a training checkpoint's "discriminator", then its "state_dict"; "ema" before "model")."""
   for key in wrappers:
     if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+      others = sorted(k for k in wrappers if k != key and isinstance(obj.get(k), Mapping))
+      if others:
+        logging.info("checkpoint holds %s: taking %r", [key, *others], key)
       obj = obj[key]
   if not isinstance(obj, Mapping):
     raise ValueError(f"expected a state dict, got {type(obj).__name__}")
   return obj
+
+
+def strip_wrapper_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+  """`state_dict` without a DDP / torch.compile prefix (WRAPPER_PREFIXES) shared by every key,
+  repeatedly (`module._orig_mod.`); keeps the FileDict source."""
+  sd = state_dict
+  while sd:
+    prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)
+    if prefix is None:
+      break
+    source = getattr(state_dict, "source", "")
+    sd = FileDict.of({k[len(prefix) :]: v for k, v in sd.items()}, source)
+  return sd
 
 
 def _load_torch(p: pathlib.Path, wrappers: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -108,6 +171,7 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
   p = pathlib.Path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
   save_file({k: np.require(v, requirements="C") for k, v in state_dict.items()}, str(p))
+  make_public(p)  # safetensors writes 0600
 
 
 # PyTorch -> Flax layout. Linear weight (out, in) -> kernel (in, out); ConvNd O I *K -> *K I O.
@@ -160,10 +224,11 @@ def nest(flat: Mapping[tuple[str, ...], object]) -> dict:
 
 
 def check_paths(flat: Mapping[tuple[str, ...], object], expected, what: str) -> None:
-  """KeyError naming the missing and unexpected param paths when `flat` does not match `what`."""
+  """WeightKeyError naming the missing and unexpected param paths when `flat` does not match
+  `what`."""
   paths = set(expected)
   if set(flat) != paths:
-    raise KeyError(
+    raise WeightKeyError(
       f"params do not match {what}: missing {sorted('/'.join(p) for p in paths - set(flat))}, "
       f"unexpected {sorted('/'.join(p) for p in set(flat) - paths)}"
     )

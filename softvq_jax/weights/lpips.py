@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from softvq_jax.models.frozen.vgg import LPIPS, SCALE, SHIFT, TAP_CHANNELS, VGG16_CONVS
+from softvq_jax.weights import checks
 from softvq_jax.weights import io as wio
 
 VGG_CONFIG_KEY = "loss.lpips_vgg_path"
@@ -60,7 +61,7 @@ def _check(sd: Mapping, expected: Mapping[str, tuple], what: str, source: str) -
     if k in sd and tuple(np.shape(sd[k])) != tuple(expected[k][-1])
   ]
   if missing or bad:
-    raise ValueError(
+    raise checks.WeightValueError(
       f"{what}: {source} does not match the expected layout; missing {len(missing)} keys "
       f"{missing[:6]}{' ...' if len(missing) > 6 else ''}; wrong shape {len(bad)}: {bad[:6]}."
     )
@@ -76,7 +77,7 @@ def vgg_params_from_state_dict(sd: Mapping, source: str = "state dict") -> dict:
   layout = "lpips_full" if "net.slice1.0.weight" in sd else "torchvision"
   if not has_vgg(sd):
     keys = sorted(sd)[:5]
-    raise ValueError(
+    raise checks.WeightValueError(
       f"{VGG_WHAT}: {source} holds no VGG16 trunk: expected features.0.weight ... (torchvision /"
       f" timm) or net.slice1.0.weight ... (full LPIPS state dict); its first keys are {keys}."
     )
@@ -84,7 +85,7 @@ def vgg_params_from_state_dict(sd: Mapping, source: str = "state dict") -> dict:
   _check(sd, expected, VGG_WHAT, source)
   params: dict = {}
   for key, (name, kind, _) in expected.items():
-    arr = np.asarray(sd[key], np.float32)
+    arr = checks.float_tensor(sd[key], key, source).astype(np.float32)
     params.setdefault(name, {})[kind] = wio.conv_kernel(arr) if kind == "kernel" else arr
   return params
 
@@ -101,7 +102,7 @@ def lin_params_from_state_dict(sd: Mapping, source: str = "state dict") -> dict:
   }
   _check(sd, expected, LIN_WHAT, source)
   return {
-    name: {"kernel": np.asarray(sd[key], np.float32)[:, :, 0, 0].T}
+    name: {"kernel": checks.float_tensor(sd[key], key, source).astype(np.float32)[:, :, 0, 0].T}
     for key, (name, _, _) in expected.items()
   }
 

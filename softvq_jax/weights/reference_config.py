@@ -5,6 +5,11 @@ APE on, RoPE off, decoder cls token on, linear to_pixel. Backbone sizes come fro
 name (DINOv2 S/B/L/g) and may be overridden by `vit_overrides` {embed_dim, depth, num_heads} (as in
 the parity fixtures; heads cannot be inferred from weight shapes). `encoder_vit_overrides` /
 `decoder_vit_overrides` (our extension) override one side only.
+
+Every field is checked before use (`check_reference_config`): unknown keys are refused with the
+closest known ones (a typo such as `tua` would otherwise convert with the default tau), values of
+the wrong type (`"sixteen"` for `num_latent_tokens`, `"false"` for a bool) name the key, and a
+config read with `checks.read_config` names its file in every error.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ from typing import Any
 from absl import logging
 
 from softvq_jax.models import vit
+from softvq_jax.weights.checks import (
+  ReferenceConfigError,
+  check_known_keys,
+  check_types,
+  keep_source,
+  where,
+)
 
 # The reference ModelArgs defaults (modelling/tokenizer.py at 7cc3e96), as far as they matter here.
 REFERENCE_DEFAULTS: dict[str, Any] = {
@@ -62,6 +74,27 @@ REFERENCE_DEFAULTS: dict[str, Any] = {
   "vq_std": 1.0,
 }
 
+# Value kinds (checks.KINDS) of the ModelArgs fields above and of the other fields a reference
+# config may hold: the CNN fields of ModelArgs, `repa_layer_indices` (an older ModelArgs, in the
+# released HF configs), the hub mixin's card fields, `model_class` and the `vit_overrides` dicts.
+REFERENCE_KINDS: dict[str, str] = {
+  **{k: type(v).__name__ for k, v in REFERENCE_DEFAULTS.items()},
+  "encoder_ch_mult": "list",
+  "decoder_ch_mult": "list",
+  "z_channels": "int",
+  "dropout_p": "float",
+  "repa_layer_indices": "list",
+  "tags": "list",
+  "repo_url": "str",
+  "license": "str",
+  "model_class": "str",
+  "vit_overrides": "dict",
+  "encoder_vit_overrides": "dict",
+  "decoder_vit_overrides": "dict",
+}
+OVERRIDE_KEYS = ("vit_overrides", "encoder_vit_overrides", "decoder_vit_overrides")
+_OVERRIDE_KINDS = {"embed_dim": "int", "depth": "int", "num_heads": "int"}
+
 # timm DINOv2 names (without the pretrained tag) -> our ViT variants.
 TIMM_TO_VARIANT = {
   "vit_small_patch14_dinov2": "S",
@@ -76,26 +109,38 @@ QUANTIZER_TO_CLASS = {v: k for k, v in MODEL_CLASSES.items()}
 _SUPPORTED_TO_PIXEL = ("linear", "conv")
 
 
+def check_reference_config(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The ModelArgs fields of `config` (a fixture's `model_args` too), checked: ReferenceConfigError
+  for unknown keys (with close matches) and values of the wrong type, naming the file."""
+  nested = isinstance(config, Mapping) and isinstance(config.get("model_args"), Mapping)
+  args = keep_source(dict(config["model_args"] if nested else config), config)
+  if nested:  # a fixture: metadata at the top level, the overrides beside `model_args`
+    for key in (*OVERRIDE_KEYS, "model_class"):
+      if key in config and key not in args:
+        args[key] = config[key]
+  check_known_keys(args, REFERENCE_KINDS, "reference tokenizer config (ModelArgs)")
+  check_types(args, REFERENCE_KINDS, "reference tokenizer config")
+  for key in OVERRIDE_KEYS:
+    over = keep_source(dict(args.get(key) or {}), config)
+    check_known_keys(over, _OVERRIDE_KINDS, f"`{key}`")
+    check_types(over, _OVERRIDE_KINDS, f"`{key}`")
+  return args
+
+
 def flatten_reference_config(config: Mapping[str, Any]) -> dict[str, Any]:
-  """The ModelArgs fields of `config` merged over the defaults (a fixture's `model_args` too).
-
-  Override dicts (`vit_overrides`, `encoder_vit_overrides`, `decoder_vit_overrides`) and
-  `model_class` are carried along.
-  """
-  config = dict(config)
-  args = dict(config.get("model_args", config))
-  for key in ("vit_overrides", "encoder_vit_overrides", "decoder_vit_overrides", "model_class"):
-    if key in config and key not in args:
-      args[key] = config[key]
-  return {**REFERENCE_DEFAULTS, **args}
+  """The checked ModelArgs fields of `config` merged over the defaults (a fixture's `model_args`
+  too). Override dicts (`vit_overrides`, `encoder_vit_overrides`, `decoder_vit_overrides`) and
+  `model_class` are carried along."""
+  return keep_source({**REFERENCE_DEFAULTS, **check_reference_config(config)}, config)
 
 
-def timm_variant(name: str, key: str) -> str:
-  """'vit_base_patch14_dinov2.lvd142m' -> 'B'; a clear error for unsupported backbones."""
+def timm_variant(name: str, key: str, source: Any = None) -> str:
+  """'vit_base_patch14_dinov2.lvd142m' -> 'B'; a clear error for unsupported backbones (naming
+  the file of `source`, a FileDict, if given)."""
   base = str(name).split(".")[0]
   if base not in TIMM_TO_VARIANT:
-    raise ValueError(
-      f"{key}={name!r} is not supported: only the DINOv2 ViTs without registers "
+    raise ReferenceConfigError(
+      f"{where(source)}{key}={name!r} is not supported: only the DINOv2 ViTs without registers "
       f"({', '.join(VARIANT_TO_TIMM.values())}) are (register/CLIP/SAM/EVA/MoVQ/CNN backbones are "
       "not used by any released SoftVQ model)"
     )
@@ -104,13 +149,10 @@ def timm_variant(name: str, key: str) -> str:
 
 def _vit_section(ref: Mapping[str, Any], side: str) -> dict[str, Any]:
   key = f"{'encoder' if side == 'enc' else 'decoder'}_model"
-  variant = timm_variant(ref[key], key)
+  variant = timm_variant(ref[key], key, ref)
   depth, width, heads = vit.vit_variant(variant)
   over = dict(ref.get("vit_overrides") or {})
   over.update(ref.get(f"{'encoder' if side == 'enc' else 'decoder'}_vit_overrides") or {})
-  unknown = set(over) - {"embed_dim", "depth", "num_heads"}
-  if unknown:
-    raise ValueError(f"vit_overrides: unknown keys {sorted(unknown)}")
   return {
     "variant": variant,
     "patch_size": int(ref[f"{side}_patch_size"]),
@@ -131,32 +173,41 @@ def reference_to_model_config(
   ref = flatten_reference_config(config)
   for side, key in (("enc", "encoder_model"), ("dec", "decoder_model")):
     if ref[f"{side}_type"] != "vit" and str(ref[key]).startswith("llamagen"):
-      raise ValueError(
-        f"{side}_type={ref[f'{side}_type']!r}, {key}={ref[key]!r}: CNN (LlamaGen) tokenizers are "
+      raise ReferenceConfigError(
+        where(ref)
+        + f"{side}_type={ref[f'{side}_type']!r}, {key}={ref[key]!r}: CNN (LlamaGen) tokenizers are "
         "not supported; the SoftVQ models use DINOv2-shaped ViTs"
       )
   model = _vit_section(ref, "enc"), _vit_section(ref, "dec")
   if "g" in (model[0]["variant"], model[1]["variant"]):
-    raise ValueError(
-      "vit_giant_patch14_dinov2 uses a SwiGLU MLP that vit.Block does not implement; no released "
+    raise ReferenceConfigError(
+      where(ref)
+      + "vit_giant_patch14_dinov2 uses a SwiGLU MLP that vit.Block does not implement; no released "
       "SoftVQ model uses it"
     )
   if ref["use_rope"] and not ref["rope_mixed"]:
-    raise ValueError(
-      "use_rope=True with rope_mixed=False (axial RoPE) is broken in the reference and not "
+    raise ReferenceConfigError(
+      where(ref)
+      + "use_rope=True with rope_mixed=False (axial RoPE) is broken in the reference and not "
       "supported; use rope_mixed=True"
     )
   if not ref["use_ape"] and not ref["use_rope"]:
-    raise ValueError("use_ape=False without RoPE crashes the reference decoder; not supported")
+    raise ReferenceConfigError(
+      where(ref) + "use_ape=False without RoPE crashes the reference decoder; not supported"
+    )
   if ref["to_pixel"] not in _SUPPORTED_TO_PIXEL:
-    raise ValueError(f"to_pixel={ref['to_pixel']!r}: only {_SUPPORTED_TO_PIXEL} are supported")
+    raise ReferenceConfigError(
+      where(ref) + f"to_pixel={ref['to_pixel']!r}: only {_SUPPORTED_TO_PIXEL} are supported"
+    )
   if ref["enc_token_drop"]:
     logging.info(
       "enc_token_drop=%s ignored (training-only; broken in the reference)", ref["enc_token_drop"]
     )
   name = quantizer_name or MODEL_CLASSES.get(ref.get("model_class", ""), "softvq")
   if name not in QUANTIZER_TO_CLASS:
-    raise ValueError(f"quantizer name {name!r}; known: {sorted(QUANTIZER_TO_CLASS)}")
+    raise ReferenceConfigError(
+      where(ref) + f"quantizer name {name!r}; known: {sorted(QUANTIZER_TO_CLASS)}"
+    )
   model_cfg = {
     "name": "softvq",
     "image_size": int(ref["image_size"]),

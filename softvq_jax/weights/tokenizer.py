@@ -10,6 +10,9 @@ the decoder's unused `patch_embed`, the `codebook_used` buffer, `repa_model.*` /
 (training-only alignment head) and the RoPE position buffers `freqs_t_x/y` (checked against the
 computed grid first). The reverse direction writes those buffers back (zeros for the unused ones)
 so `load_state_dict(strict=True)` works in PyTorch; the round trip is bitwise exact.
+
+Refused (weights/checks.py), naming the file when the dicts were read from one: unknown or
+mistyped config fields, tensors that are not float or hold NaN/Inf, missing/unknown keys, shapes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from absl import logging
 
 from softvq_jax.models import factory, rope
 from softvq_jax.models.tokenizer import Tokenizer
-from softvq_jax.weights import io
+from softvq_jax.weights import checks, io
 from softvq_jax.weights.reference_config import (
   MODEL_CLASSES,
   flatten_reference_config,
@@ -36,10 +39,13 @@ _DROP_PREFIXES = ("repa_model.", "projection.")
 
 def infer_quantizer_name(config: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
   """softvq / vq / kl / ae from `model_class` in the config, else from the state-dict keys."""
-  cls = flatten_reference_config(config).get("model_class")
+  ref = flatten_reference_config(config)
+  cls = ref.get("model_class")
   if cls:
     if cls not in MODEL_CLASSES:
-      raise ValueError(f"model_class={cls!r}; known: {sorted(MODEL_CLASSES)}")
+      raise checks.ReferenceConfigError(
+        f"{checks.where(ref)}model_class={cls!r}; known: {sorted(MODEL_CLASSES)}"
+      )
     return MODEL_CLASSES[cls]
   if "quantize.embedding" in state_dict:
     return "softvq"
@@ -135,6 +141,8 @@ def tokenizer_from_reference(
   config: Mapping[str, Any], state_dict: Mapping[str, Any]
 ) -> tuple[Tokenizer, dict[str, Any]]:
   """(model, params) from a reference config and PyTorch-layout state dict (numpy arrays)."""
+  state_dict = io.strip_wrapper_prefix(state_dict)
+  src = checks.where(state_dict)
   cfg = reference_to_model_config(config, infer_quantizer_name(config, state_dict))
   ref = flatten_reference_config(config)
   model = factory.build_tokenizer(cfg["model"], cfg["quantizer"])
@@ -153,17 +161,18 @@ def tokenizer_from_reference(
     if _is_dropped(key):
       dropped.append(key)
     elif key in rope_buf:
-      if not np.array_equal(np.asarray(state_dict[key], np.float32), rope_buf[key]):
-        raise ValueError(
-          f"{key} does not match the raster grid of base_image_size="
+      buf = checks.float_tensor(state_dict[key], key, state_dict)
+      if not np.array_equal(np.asarray(buf, np.float32), rope_buf[key]):
+        raise checks.WeightValueError(
+          f"{src}{key} does not match the raster grid of base_image_size="
           f"{ref['base_image_size']} / patch: {np.asarray(state_dict[key])[:8]}..."
         )
       dropped.append(key)
     else:
       unknown.append(key)
   if missing or unknown:
-    raise KeyError(
-      "reference state dict does not match the config: "
+    raise checks.WeightKeyError(
+      f"{src}reference state dict does not match the config: "
       + (f"missing keys {missing}" if missing else "")
       + ("; " if missing and unknown else "")
       + (f"unknown keys {sorted(unknown)}" if unknown else "")
@@ -176,7 +185,7 @@ def tokenizer_from_reference(
     )
   flat, bad = {}, []
   for path, key, kind in entries:
-    w = np.asarray(state_dict[key])
+    w = checks.float_tensor(state_dict[key], key, state_dict)
     arr = w[None] if kind == "vq" else io.TO_FLAX[kind](w)
     want = tuple(abstract[path].shape)
     if arr.shape != want:
@@ -184,9 +193,9 @@ def tokenizer_from_reference(
       continue
     flat[path] = jnp.asarray(arr, dtype=abstract[path].dtype)
   if bad:
-    raise ValueError(
-      "shape mismatch between the state dict and the config (check vit_overrides / timm names "
-      "/ num_latent_tokens / codebook sizes):\n  " + "\n  ".join(bad)
+    raise checks.WeightValueError(
+      f"{src}shape mismatch between the state dict and the config (check vit_overrides / timm "
+      "names / num_latent_tokens / codebook sizes):\n  " + "\n  ".join(bad)
     )
   return model, io.nest(flat)
 
@@ -206,6 +215,7 @@ def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any])
   flat = io.flatten(params)
   entries = key_map(cfg)
   io.check_paths(flat, (p for p, _, _ in entries), "the config")
+  checks.check_finite_tree(flat, "tokenizer params")
   out: dict[str, np.ndarray] = {}
   for path, key, kind in entries:
     a = np.asarray(flat[path])
@@ -234,17 +244,17 @@ def tokenizer_to_reference(params: Mapping[str, Any], config: Mapping[str, Any])
 def load_reference_tokenizer(config_path, weights_path) -> tuple[Tokenizer, dict, dict]:
   """A released tokenizer (HF config.json + weights file) -> (model, params, model config).
 
-  The model config is what an exported model dir stores, with the reference config under
-  "reference_config".
+  `weights_path` may be the downloaded Hugging Face repo folder (`config.json` and
+  `model.safetensors` inside, see `hf_files`); `config_path` None means the config.json beside
+  the weights. The model config is what an exported model dir stores, with the reference config
+  under "reference_config". Every error names the file (and key) at fault.
   """
-  import json
-
-  from softvq_jax.weights.reference_config import reference_to_model_config
-
-  cfg_path = io.require_file(config_path, "reference tokenizer config", "--config")
-  ref_config = json.loads(cfg_path.read_text())
+  config_path, weights_path = io.hf_files(config_path, weights_path)
+  ref_config = checks.read_config(config_path, "reference tokenizer config", "--config")
+  flatten_reference_config(ref_config)  # config errors first, naming the config file
   state_dict = io.load_state_dict(weights_path, "reference tokenizer weights", "--weights")
+  state_dict = io.strip_wrapper_prefix(state_dict)
   model, params = tokenizer_from_reference(ref_config, state_dict)
   config = reference_to_model_config(ref_config, infer_quantizer_name(ref_config, state_dict))
-  config["reference_config"] = ref_config
+  config["reference_config"] = dict(ref_config)
   return model, params, config

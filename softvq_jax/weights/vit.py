@@ -1,8 +1,9 @@
 """timm-layout ViT state dicts (numpy, PyTorch layout) -> our Flax ViT parameter trees.
 
 Shared by the frozen DINO ViT-S/16 trunk and the DINOv2 teacher: the key check (missing /
-unexpected / wrong shape, with the config key in the message), the rename + transpose of
-patch embedding, cls/register tokens, position embedding and blocks, and random stand-ins.
+unexpected / wrong shape, with the file and the config key in the message), the rename +
+transpose of patch embedding, cls/register tokens, position embedding and blocks (each tensor
+checked to be float and finite), and random stand-ins.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from softvq_jax.weights import io
+from softvq_jax.weights import checks, io
 from softvq_jax.weights.tokenizer import vit_key_map
 
 Path = tuple[str, ...]
@@ -37,26 +38,27 @@ def check_keys(
   what: str,
   config_key: str,
 ) -> None:
-  """Raises KeyError listing missing and unexpected keys (ignored prefixes are allowed)."""
+  """Raises WeightKeyError listing missing and unexpected keys (ignored prefixes are allowed)."""
   want = set(want)
   ignore = tuple(ignore_prefixes)
   missing = sorted(want - set(sd))
   unexpected = sorted(k for k in sd if k not in want and not k.startswith(ignore))
   if missing or unexpected:
     show = lambda ks: ks if len(ks) <= 8 else ks[:8] + [f"... ({len(ks)} in all)"]
-    raise KeyError(
-      f"{what} (config key `{config_key}`): the state dict does not have the expected timm key "
-      f"layout: missing {show(missing)}, unexpected {show(unexpected)}"
+    raise checks.WeightKeyError(
+      f"{checks.where(sd)}{what} (config key `{config_key}`): the state dict does not have the "
+      f"expected timm key layout: missing {show(missing)}, unexpected {show(unexpected)}"
     )
 
 
 def to_tree(
   sd: Mapping[str, np.ndarray], entries: Iterable[tuple[Path, str, str]]
 ) -> dict[str, Any]:
-  """Nested dict of float32 arrays from (path, key, kind) entries (kind: id / linear / conv)."""
+  """Nested dict of float32 arrays from (path, key, kind) entries (kind: id / linear / conv);
+  WeightValueError for a tensor that is not float or not finite."""
   tree: dict[str, Any] = {}
   for path, key, kind in entries:
-    v = np.asarray(sd[key])
+    v = checks.float_tensor(sd[key], key, sd)
     if kind == "linear":
       v = io.linear_kernel(v)
     elif kind == "conv":
@@ -68,21 +70,25 @@ def to_tree(
   return tree
 
 
-def check_shapes(tree: Any, expected: Any, what: str, config_key: str) -> None:
-  """Raises ValueError on the first parameter whose shape differs from `expected` (same tree)."""
+def check_shapes(tree: Any, expected: Any, what: str, config_key: str, source: Any = None) -> None:
+  """Raises WeightValueError on the first parameter whose shape differs from `expected` (same
+  tree), naming the file of `source` (the state dict the tree came from)."""
+  src = checks.where(source)
 
   def walk(a, b, path):
     if isinstance(b, Mapping):
       for k in b:
         if k not in a:
           where = "/".join(path + (k,))
-          raise KeyError(f"{what} (config key `{config_key}`): no value for {where}")
+          raise checks.WeightKeyError(
+            f"{src}{what} (config key `{config_key}`): no value for {where}"
+          )
         walk(a[k], b[k], path + (k,))
       return
     if tuple(np.shape(a)) != tuple(np.shape(b)):
-      raise ValueError(
-        f"{what} (config key `{config_key}`): {'/'.join(path)} has shape {tuple(np.shape(a))}, "
-        f"expected {tuple(np.shape(b))} (wrong model variant?)"
+      raise checks.WeightValueError(
+        f"{src}{what} (config key `{config_key}`): {'/'.join(path)} has shape "
+        f"{tuple(np.shape(a))}, expected {tuple(np.shape(b))} (wrong model variant?)"
       )
 
   walk(tree, expected, ())
