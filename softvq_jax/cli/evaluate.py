@@ -174,21 +174,18 @@ def _data_config():
 
 
 def _settings(is_dit: bool):
-  from softvq_jax.cli.sample import parse_interval
-  from softvq_jax.sampling.generate import SamplerSettings
+  from softvq_jax.cli.sample import sampler_settings
 
-  try:
-    return SamplerSettings(
-      sampler=_SAMPLER.value or ("diffusion" if is_dit else "sde"),
-      steps=_STEPS.value,
-      heun=_HEUN.value,
-      cfg_scale=_CFG.value,
-      cfg_interval=parse_interval(_INTERVAL.value),
-      path=_PATH.value,
-      noise_schedule=_SCHEDULE.value,
-    )
-  except ValueError as e:
-    raise UserError(f"bad sampler flags: {e}") from None
+  return sampler_settings(
+    is_dit,
+    sampler=_SAMPLER.value,
+    steps=_STEPS.value,
+    heun=_HEUN.value,
+    cfg_scale=_CFG.value,
+    cfg_interval=_INTERVAL.value,
+    path=_PATH.value,
+    noise_schedule=_SCHEDULE.value,
+  )
 
 
 def check_inputs() -> str:

@@ -88,23 +88,39 @@ def parse_interval(text: str, flag: str = "--cfg_interval") -> tuple[float, floa
   return lo, hi
 
 
-def settings_from_flags(is_dit: bool | None = None):
-  """The SamplerSettings of the flags; a bad value is a UserError naming its flag."""
+def sampler_settings(
+  is_dit, *, sampler, steps, heun, cfg_scale, cfg_interval, path, noise_schedule
+):
+  """SamplerSettings from flag values (shared by `sample` and `evaluate --mode=generation`); a bad
+  value is a UserError naming its flag. `sampler=""`: sde for SiT, diffusion for DiT."""
   from softvq_jax.sampling import generate as g
 
-  sampler = _SAMPLER.value or ("diffusion" if is_dit else "sde")
   try:
     return g.SamplerSettings(
-      sampler=sampler,
-      steps=_STEPS.value,
-      heun=_HEUN.value,
-      cfg_scale=_CFG.value,
-      cfg_interval=parse_interval(_INTERVAL.value),
-      path=_PATH.value,
-      noise_schedule=_SCHEDULE.value,
+      sampler=sampler or ("diffusion" if is_dit else "sde"),
+      steps=steps,
+      heun=heun,
+      cfg_scale=cfg_scale,
+      cfg_interval=parse_interval(cfg_interval),
+      path=path,
+      noise_schedule=noise_schedule,
     )
   except ValueError as e:
     raise UserError(f"bad sampler flags: {e}") from None
+
+
+def settings_from_flags(is_dit: bool | None = None):
+  """The SamplerSettings of this command's flags."""
+  return sampler_settings(
+    is_dit,
+    sampler=_SAMPLER.value,
+    steps=_STEPS.value,
+    heun=_HEUN.value,
+    cfg_scale=_CFG.value,
+    cfg_interval=_INTERVAL.value,
+    path=_PATH.value,
+    noise_schedule=_SCHEDULE.value,
+  )
 
 
 def check_model_flags() -> str:
