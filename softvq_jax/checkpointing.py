@@ -75,6 +75,24 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
   )
 
 
+def _remove_when_settled(tmp: Any, seconds: float = 10.0) -> None:
+  """Removes a failed write's temporary directory; Orbax's writer threads may still be adding
+  files for a moment after the failure surfaced, so removal is retried until it sticks."""
+  deadline = time.time() + seconds
+  while True:
+    try:
+      tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+      if not tmp.exists():
+        return
+    except FileNotFoundError:
+      return
+    except OSError as e:
+      if time.time() > deadline:
+        logging.warning("could not remove the failed write's %s: %s", tmp, e)
+        return
+    time.sleep(0.1)
+
+
 class CheckpointManager:
   """Periodic/final training checkpoints with keep-last-N (+ keep-every-M) and resume.
 
@@ -236,9 +254,13 @@ class CheckpointManager:
 
   def _write_error(self, e: BaseException) -> CheckpointWriteError:
     """One clear message for a failed save; removes the failed write's temporary directory."""
+    try:  # let the write's other threads stop before removing what they wrote
+      self._mngr.wait_until_finished()
+    except Exception:  # noqa: BLE001 -- the same failure, reported below
+      pass
     for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*") if self.directory.exists() else []:
       if jax.process_index() == 0:
-        tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+        _remove_when_settled(tmp)
     try:
       free = f"{shutil.disk_usage(os.fspath(self.directory)).free / 2**30:.2f} GiB free there"
     except (OSError, ValueError):
