@@ -155,6 +155,7 @@ def test_online_latents_through_the_generator_task(setup, tmp_path):
   root, tok_dir, _ = setup
   c = _config(root, steps=2)
   c.data.name, c.data.tokenizer, c.data.image_source = "latents_online", str(tok_dir), "photos"
+  c.data.path = c.data.eval_path = ""  # the cache paths are not read by latents_online (refused)
   c.model.num_classes = 10  # photo labels are the image index (0..8)
   c.eval_every = c.image_every = 2
   validate(c)

@@ -348,3 +348,21 @@ def test_kill_9_mid_write_and_sigterm_resume_exactly_with_gan_on_8_devices(tmp_p
   assert int(resumed.step) == 6 and "disc" in resumed.extra
   differ = leaves_equal(straight, resumed)
   assert differ == 0, f"{differ} leaves differ (killed at {killed_at}, mid-write {mid_write})"
+
+
+# --- skipped images -------------------------------------------------------------------------------
+
+
+def test_skipped_images_are_counted_in_the_summary(tmp_path):
+  from PIL import Image
+
+  folder = tmp_path / "images"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(folder / f"{i}.png")
+  (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  config = _cfg(total_steps=1, **{"data.name": "folder", "data.path": str(folder)})
+  summary = loop.train(TokenizerTask, config, str(tmp_path / "run"))
+  # batch 8 over 4 files (one broken): every epoch of the batch meets the broken file once
+  assert summary["data_skipped"] >= 2, summary

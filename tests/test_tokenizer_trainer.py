@@ -11,6 +11,7 @@ import numpy as np
 from softvq_jax import checkpointing, data, sharding
 from softvq_jax.config import defaults
 from softvq_jax.config.validate import validate
+from softvq_jax.data import preprocess
 from softvq_jax.training import loop
 from softvq_jax.training.tokenizer import TokenizerTask
 
@@ -65,7 +66,7 @@ def _run_steps(config, devices, batches):
   step = jax.jit(task.train_step, out_shardings=(shardings, sharding.replicated(mesh)))
   losses = []
   for b in batches:
-    state, metrics = step(state, sharding.global_batch(b, mesh))
+    state, metrics = step(state, sharding.global_batch(preprocess.float_images(b), mesh))
     losses.append(float(metrics["loss"]))
   return losses, jax.device_get(state.params)
 
@@ -166,7 +167,7 @@ def test_gan_steps_match_across_devices_and_respect_disc_start():
   disc0 = jax.device_get(state.extra["disc"])
   losses = []
   for i, b in enumerate(batches):
-    state, metrics = step(state, b)
+    state, metrics = step(state, preprocess.float_images(b))
     losses.append(float(metrics["loss"]))
     disc = jax.device_get(state.extra["disc"])
     same = [

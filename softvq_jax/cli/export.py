@@ -68,6 +68,7 @@ def latent_statistics(
   from softvq_jax.weights import pretrained
 
   c = ml_collections.ConfigDict(dict(tok.config))
+  c.data.uint8_transfer = False  # the tokenizer encodes [-1, 1] floats
   batch = c.eval.batch_size
   train = data.build_train_data(
     c.data,

@@ -219,7 +219,8 @@ data.random_flip: random horizontal flips. T: of the training images (p = 0.5); 
   cache's flipped latents (on).
 data.min_crop_frac: smallest random crop as a fraction of the resized short side, in (0, 1] (0.8,
   ADM; :quick 0.2 for nine photos).
-data.num_workers: decode threads per process (T: 8; G: 4; :quick 2); 0: every core.
+data.num_workers: decode threads per process (T: 0 = every core this process may use; G: 4;
+  :quick 2).
 data.prefetch: batches prepared ahead of the train step (T: 4; G: 2; :quick 2).
 data.uint8_transfer: ship uint8 training images and convert them to [-1, 1] on the device (on).
 data.jpeg_draft: decode JPEGs at reduced size where the ADM resize halves them anyway (faster on

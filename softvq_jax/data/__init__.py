@@ -96,7 +96,7 @@ def batching(data_cfg, global_batch: int, seed: int, process_index: int, process
     process_index=process_index,
     process_count=process_count,
     random_flip=data_cfg.get("random_flip", True),
-    num_workers=data_cfg.get("num_workers", 4),
+    num_workers=data_cfg.get("num_workers", 0),  # 0: every core of this process
     prefetch=data_cfg.get("prefetch", 2),
   )
 
@@ -104,7 +104,11 @@ def batching(data_cfg, global_batch: int, seed: int, process_index: int, process
 def build_train_data(
   data_cfg, *, image_size=None, global_batch, seed, process_index=0, process_count=1
 ) -> TrainData:
-  """Training batches for `data_cfg.name` (see pipeline.TrainData; latents: see latents/)."""
+  """Training batches for `data_cfg.name` (see pipeline.TrainData; latents: see latents/).
+
+  Image datasets are checked first (`TrainData.check_decodable`): if no example decodes, a
+  UserError names data.path / data.data_dir before any model is built.
+  """
   if data_cfg.name == "latents_online":
     raise ValueError(ONLINE_LATENTS_HELP)
   train = source(data_cfg, "train", process_count)
@@ -113,14 +117,17 @@ def build_train_data(
     from softvq_jax.data import latents
 
     return latents.LatentTrainData(train, **kw)
-  return TrainData(
+  train_data = TrainData(
     train,
     image_size=image_size,
     random_crop=data_cfg.get("random_crop", True),
     min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
     uint8=data_cfg.get("uint8_transfer", False),
+    jpeg_draft=data_cfg.get("jpeg_draft", False),
     **kw,
   )
+  train_data.check_decodable()  # a dataset where nothing decodes stops here, naming data.path
+  return train_data
 
 
 def build_eval_data(
@@ -134,7 +141,13 @@ def build_eval_data(
   if data_cfg.name == "latents_online":
     raise ValueError(ONLINE_LATENTS_HELP)
   held_out = source(data_cfg, "eval", process_count)
-  kw = dict(batch_size=batch_size, process_index=process_index, process_count=process_count)
+  kw = dict(
+    batch_size=batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    num_workers=data_cfg.get("num_workers", 0),
+    prefetch=data_cfg.get("prefetch", 2),
+  )
   if data_cfg.name == "latents":
     from softvq_jax.data import latents
 

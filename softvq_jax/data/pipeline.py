@@ -13,22 +13,29 @@ Contract shared by every dataset (photos, folders, ImageNet, cached latents):
 - `EvalData.iterator()` yields fixed-shape batches with a boolean "mask" (False on padding).
 - Cached latents (`data/latents/`) yield "latent" float32 (B_local, L, D) instead of "image",
   with the same index arithmetic (`ShuffledBatches`).
-Batches are built ahead of time by a small thread pool (PIL decoding/resizing releases the GIL).
+Batches are built ahead of time with per-example parallelism (`parallel.ParallelBatches`): the
+examples of a batch are decoded, cropped and flipped on all `num_workers` threads (PIL's decode
+and resize release the GIL) and batches are handed out in step order, `prefetch` ahead, so a batch
+never depends on the worker count or on timing.
+
+Undecodable examples (`BadImage`) are logged once per example per run and counted
+(`TrainData.num_skipped`, `EvalData.num_skipped`, thread-safe); `TrainData.check_decodable`
+refuses a dataset with no decodable example before anything else is built.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
-from absl import logging
 from PIL import Image
 
-from softvq_jax.data import preprocess
+from softvq_jax.data import parallel, preprocess
+from softvq_jax.data.skips import SkipLog
+from softvq_jax.utils.errors import UserError
 
 
 class BadImage(Exception):
@@ -36,54 +43,34 @@ class BadImage(Exception):
 
 
 class ImageSource(Protocol):
-  """Random access to (PIL image, label) by index; raises BadImage for undecodable examples."""
+  """Random access to (PIL image, label) by index; raises BadImage for undecodable examples.
+
+  Sources that decode files may accept `load(index, draft=short)`: decode a JPEG at reduced
+  size for an ADM resize to `short` (`preprocess.draft_jpeg`; used only with data.jpeg_draft).
+  An optional `location` attribute (e.g. "data.path='/x'") names the data in error messages.
+  """
 
   def __len__(self) -> int: ...
 
   def load(self, index: int) -> tuple[Image.Image, int]: ...
 
 
+def load_example(source, index: int, draft: int | None = None):
+  """source.load(index), asking for a reduced-size JPEG decode when `draft` (a short side)."""
+  if draft:
+    return source.load(index, draft=draft)
+  return source.load(index)
+
+
 # A "view" maps (source image, Generator) -> uint8 (S, S, 3).
 View = Callable[[Image.Image, np.random.Generator], np.ndarray]
-
-
-class PrefetchIterator:
-  """Yields fn(step) for consecutive steps, computing `depth` steps ahead on a thread pool."""
-
-  def __init__(self, fn: Callable[[int], dict], start_step: int, depth: int, workers: int):
-    self._fn, self._next, self._depth = fn, start_step, max(1, depth)
-    self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), "softvq_data")
-    self._queue: collections.deque = collections.deque()
-    self._closed = False
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    if self._closed:
-      raise StopIteration
-    while len(self._queue) < self._depth:
-      self._queue.append(self._pool.submit(self._fn, self._next))
-      self._next += 1
-    return self._queue.popleft().result()
-
-  def close(self) -> None:
-    self._closed = True
-    for f in self._queue:
-      f.cancel()
-    self._queue.clear()
-    self._pool.shutdown(wait=True, cancel_futures=True)
-
-  def __del__(self):
-    if not self._closed:
-      self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ShuffledBatches:
   """The contract's index arithmetic, shared by image and latent training data.
 
   Global sample g is example `order(g // n)[g % n]`; the global batch of step k holds samples
-  k*GB ... k*GB+GB-1 and this process takes its contiguous slice. Subclasses define `batch(step)`.
+  k*GB ... k*GB+GB-1 and this process takes its contiguous slice. Subclasses define `plan(step)`.
   """
 
   def __init__(
@@ -94,9 +81,10 @@ class ShuffledBatches:
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
-    num_workers: int = 4,
+    num_workers: int | None = None,
     prefetch: int = 2,
   ):
+    """num_workers: decode threads (None / 0 = this process's cores); prefetch: batches ahead."""
     if num_examples == 0:
       raise ValueError("the training dataset is empty")
     if global_batch % process_count:
@@ -106,9 +94,11 @@ class ShuffledBatches:
     self.local_batch = global_batch // process_count
     self.seed = seed
     self.process_index = process_index
-    self.num_workers, self.prefetch = num_workers, prefetch
+    self.num_workers, self.prefetch = parallel.resolve_workers(num_workers), prefetch
     self._lock = threading.Lock()
     self._perm_cache: dict[int, np.ndarray] = {}
+
+  num_skipped = 0  # undecodable examples replaced; image pipelines count them (TrainData)
 
   @property
   def num_examples(self) -> int:
@@ -137,11 +127,21 @@ class ShuffledBatches:
       out[sel] = self._order(int(e))[pos[sel]]
     return out
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
+  def plan(self, step: int) -> parallel.Pending:
+    """The batch of `step` as independent tasks (see parallel.py); defined by subclasses."""
     raise NotImplementedError
 
-  def iterator(self, start_step: int = 0) -> PrefetchIterator:
-    return PrefetchIterator(self.batch, start_step, self.prefetch, self.num_workers)
+  def tasks_per_batch(self) -> int:
+    return self.local_batch
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's part of the global batch of `step`, built on the calling thread."""
+    return parallel.run_serially(self.plan(step))
+
+  def iterator(self, start_step: int = 0) -> parallel.ParallelBatches:
+    """Batches of steps start_step, start_step + 1, ... (the examples spread over the workers)."""
+    depth = parallel.batch_depth(self.prefetch, self.num_workers, self.tasks_per_batch())
+    return parallel.ParallelBatches(self.plan, start_step, depth=depth, workers=self.num_workers)
 
 
 class TrainData(ShuffledBatches):
@@ -156,54 +156,127 @@ class TrainData(ShuffledBatches):
     random_flip: bool = True,
     min_crop_frac: float = 0.8,
     uint8: bool = False,
+    jpeg_draft: bool = False,
     **batching,
   ):
-    """`batching`: global_batch, seed, process_index/count, num_workers, prefetch (as the base)."""
+    """`batching`: global_batch, seed, process_index/count, num_workers, prefetch (as the base).
+
+    jpeg_draft: decode JPEGs at reduced size where the ADM resize halves them anyway (faster on
+    large photos, not bitwise equal to the full decode; `preprocess.draft_jpeg`).
+    """
     super().__init__(len(source), **batching)
     self.source = source
     self.image_size = image_size
     self.random_crop, self.random_flip = random_crop, random_flip
     self.min_crop_frac = min_crop_frac
     self.uint8 = uint8  # ship uint8 images; preprocess.float_images converts them on device
-    self.num_skipped = 0
+    self.jpeg_draft = jpeg_draft
+    self._skips = SkipLog("training example")
 
-  def sample(self, g: int) -> tuple[np.ndarray, int]:
-    """Global sample g -> (uint8 (S, S, 3), label); a bad example is replaced by the next one."""
-    n = len(self.source)
-    epoch, pos = divmod(g, n)
-    order = self._order(epoch)
-    rng = np.random.default_rng([self.seed, g])
+  @property
+  def num_skipped(self) -> int:
+    """Samples served by a replacement because their example was undecodable (this process,
+    since it started; counted when decoded, i.e. up to `prefetch` batches ahead of training)."""
+    return self._skips.num_skipped
+
+  @property
+  def num_bad(self) -> int:
+    """Distinct undecodable examples met so far (each warned about once)."""
+    return self._skips.num_bad
+
+  @property
+  def location(self) -> str:
+    return getattr(self.source, "location", "") or type(self.source).__name__
+
+  def _load(self, index: int, short: int):
+    return load_example(self.source, index, short if self.jpeg_draft else None)
+
+  def _first_decodable(self, order: np.ndarray, pos: int, short: int):
+    """The example at `pos` of the epoch's order, or the next decodable one after it."""
+    n = len(order)
     for attempt in range(n):
       index = int(order[(pos + attempt) % n])
+      if self._skips.is_bad(index):  # decoded once per run; still a skip
+        self._skips.skip()
+        continue
       try:
-        image, label = self.source.load(index)
-        break
+        return self._load(index, short)
       except BadImage as e:
-        with self._lock:
-          self.num_skipped += 1
-        logging.warning("skipping undecodable example %d: %s", index, e)
-    else:
-      raise RuntimeError("no decodable example in the dataset")
+        self._skips.record(index, e)
+    raise self._all_bad_error()
+
+  def _all_bad_error(self) -> UserError:
+    bad = self._skips.bad
+    first = next(iter(bad.values()), "")
+    return UserError(
+      f"no decodable image in the training data ({self.location}): all {self.num_examples} "
+      f"examples fail to decode (e.g. {first}). Fix or replace the files, or point the config at "
+      "another dataset."
+    )
+
+  def check_decodable(self) -> int:
+    """Decodes examples (in epoch 0's order) until one works and returns its index.
+
+    Called by `data.build_train_data`, before the model is built: a dataset where nothing
+    decodes raises UserError naming its location (data.path / data.data_dir) at once.
+    """
+    for index in self._order(0):
+      index = int(index)
+      if self._skips.is_bad(index):
+        continue
+      try:
+        self._load(index, self.image_size)
+        return index
+      except BadImage as e:
+        self._skips.record(index, e, skipped=0)
+    raise self._all_bad_error()
+
+  def sample(self, g: int) -> tuple[np.ndarray, int]:
+    """Global sample g -> (uint8 (S, S, 3), label); a bad example is replaced by the next one.
+
+    Random draws, in order: the crop's short side, its position, the flip (all from the
+    Generator seeded by (seed, g)), so the value never depends on which example was decoded
+    first or on which thread.
+    """
+    epoch, pos = divmod(g, self.num_examples)
+    rng = np.random.default_rng([self.seed, g])
+    s = self.image_size
+    short = preprocess.random_short_side(s, rng, self.min_crop_frac) if self.random_crop else s
+    image, label = self._first_decodable(self._order(epoch), pos, short)
     if self.random_crop:
-      arr = preprocess.random_crop_arr(image, self.image_size, rng, self.min_crop_frac)
+      arr = preprocess.crop_at_short_side(image, s, short, rng)
     else:
-      arr = preprocess.center_crop_arr(image, self.image_size)
+      arr = preprocess.center_crop_arr(image, s)
     if self.random_flip and rng.random() < 0.5:
       arr = arr[:, ::-1]
     return arr, label
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of `step`."""
-    samples = [self.sample(int(g)) for g in self.local_samples(step)]
-    images = np.stack([s[0] for s in samples])
-    return {
-      "image": images if self.uint8 else preprocess.to_float(images),
-      "label": np.asarray([s[1] for s in samples], np.int32),
-    }
+  def _fill(self, images: np.ndarray, labels: np.ndarray, j: int, g: int) -> None:
+    arr, labels[j] = self.sample(g)
+    if images.dtype == np.uint8:
+      images[j] = arr
+    else:
+      preprocess.to_float_into(arr, images[j])
+
+  def plan(self, step: int) -> parallel.Pending:
+    """One task per example of this process's part of step `step`, writing its row."""
+    samples = self.local_samples(step)
+    s = self.image_size
+    images = np.empty((len(samples), s, s, 3), np.uint8 if self.uint8 else np.float32)
+    labels = np.empty(len(samples), np.int32)
+    fill = self._fill
+    tasks = [functools.partial(fill, images, labels, j, int(g)) for j, g in enumerate(samples)]
+    return parallel.Pending({"image": images, "label": labels}, tasks)
 
 
 class EvalData:
-  """A finite evaluation set: each source image under each view, padded fixed-shape batches."""
+  """A finite evaluation set: each source image under each view, padded fixed-shape batches.
+
+  Examples are decoded on `num_workers` threads (`prefetch` batches ahead) and batched in item
+  order, so the batches are the same for any worker count. Evaluation always decodes at full
+  size (no JPEG draft): metrics stay comparable with the reference. An undecodable image is
+  dropped from every pass (warned about once); `num_skipped` counts the dropped items.
+  """
 
   def __init__(
     self,
@@ -213,6 +286,8 @@ class EvalData:
     batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
+    num_workers: int | None = None,
+    prefetch: int = 2,
   ):
     if len(source) == 0:
       raise ValueError("the evaluation dataset is empty")
@@ -220,32 +295,61 @@ class EvalData:
     items = [(i, v) for i in range(len(source)) for v in range(len(views))]
     self._items = items[process_index::process_count]
     self.num_examples = len(items)
-    self.num_skipped = 0  # undecodable examples skipped by this process's iterators
+    self.num_workers, self.prefetch = parallel.resolve_workers(num_workers), prefetch
+    self._skips = SkipLog("evaluation example")
+    self._dropped: set = set()
+    self._lock = threading.Lock()
 
-  def _example(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
+  @property
+  def num_skipped(self) -> int:
+    """(image, view) items of this process dropped from each pass (undecodable images)."""
+    return len(self._dropped)
+
+  def _example(self, item: tuple[int, int]):
+    """(float32 (S, S, 3), label) of one item, or None when its image is undecodable."""
     index, view = item
-    image, label = self.source.load(index)
-    return self.views[view](image, np.random.default_rng([0xE7A1, index, view])), label
+    try:
+      if self._skips.is_bad(index):
+        raise BadImage(self._skips.bad.get(index, ""))
+      image, label = self.source.load(index)
+    except BadImage as e:
+      self._skips.record(index, e, skipped=0)
+      with self._lock:
+        self._dropped.add(item)
+      return None
+    arr = self.views[view](image, np.random.default_rng([0xE7A1, index, view]))
+    return preprocess.to_float(arr), label
+
+  def _assemble(self, _, examples: list):
+    examples = [e for e in examples if e is not None]
+    if not examples:
+      return None
+    pad = self.batch_size - len(examples)
+    images = np.stack([e[0] for e in examples] + [np.zeros_like(examples[0][0])] * pad)
+    return {
+      "image": images,
+      "label": np.asarray([e[1] for e in examples] + [0] * pad, np.int32),
+      "mask": np.asarray([True] * len(examples) + [False] * pad),
+    }
+
+  def _plan(self, b: int) -> parallel.Pending:
+    chunk = self._items[b * self.batch_size : (b + 1) * self.batch_size]
+    tasks = [functools.partial(self._example, item) for item in chunk]
+    return parallel.Pending(None, tasks, finish=self._assemble)
 
   def iterator(self) -> Iterator[dict[str, np.ndarray]]:
-    for start in range(0, len(self._items), self.batch_size):
-      chunk = self._items[start : start + self.batch_size]
-      examples = []
-      for item in chunk:
-        try:
-          examples.append(self._example(item))
-        except BadImage as e:
-          self.num_skipped += 1
-          logging.warning("skipping undecodable eval example %s: %s", item, e)
-      if not examples:
-        continue
-      pad = self.batch_size - len(examples)
-      images = np.stack([e[0] for e in examples] + [np.zeros_like(examples[0][0])] * pad)
-      yield {
-        "image": preprocess.to_float(images),
-        "label": np.asarray([e[1] for e in examples] + [0] * pad, np.int32),
-        "mask": np.asarray([True] * len(examples) + [False] * pad),
-      }
+    """The padded batches of this process's items (a batch of only bad images is left out)."""
+    num_batches = -(-len(self._items) // self.batch_size)
+    depth = parallel.batch_depth(self.prefetch, self.num_workers, self.batch_size)
+    it = parallel.ParallelBatches(
+      self._plan, 0, depth=depth, workers=self.num_workers, stop=num_batches
+    )
+    try:
+      for batch in it:
+        if batch is not None:
+          yield batch
+    finally:
+      it.close()
 
 
 def eval_views(image_size: int, num_views: int) -> list[View]:

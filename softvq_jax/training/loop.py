@@ -309,7 +309,8 @@ def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> 
       logging.warning("could not flush the summaries in %s: %s", workdir, e)
   logging.info("Done %d steps in %.1fs", step - start_step, time.time() - t0)
   summary = _summary(evals.read(), total_steps)
-  summary["data_skipped"] = int(getattr(train_data, "num_skipped", 0))
+  summary["data_skipped"] = int(getattr(train_data, "num_skipped", 0))  # replaced train samples
+  summary["eval_skipped"] = int(getattr(eval_data, "num_skipped", 0))  # items left out per pass
   if is_main:
     (workdir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
   return summary

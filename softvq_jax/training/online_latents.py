@@ -6,19 +6,24 @@ takes it as its `encode_fn` (`encode_with_tokenizer` fills in the tokenizer's me
 `OnlineLatentTrainData` is the fallback without a cache (`data.name = latents_online`): it
 encodes the image batches inside the iterator with `LatentTrainData`'s example order and flip
 selection, so it yields the latents a cache of the same source would (up to the cache dtype).
+The images of a batch are decoded on all `num_workers` threads (`data.parallel`), and encoding
+runs on a background thread `prefetch` batches ahead of the train step (`EncodeAhead`), so
+decoding, encoding and training overlap; batches are still handed out in step order.
 `build_train_data` / `build_eval_data` build it for the generator task.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
 from softvq_jax import data, sharding
-from softvq_jax.data import latents, pipeline, preprocess
+from softvq_jax.data import latents, parallel, pipeline, preprocess
 from softvq_jax.weights import pretrained
 
 
@@ -72,8 +77,8 @@ class OnlineLatentTrainData(latents.LatentTrainData):
   """The TrainData contract by encoding image batches inside the iterator.
 
   Same example order and flip per sample (`LatentTrainData.selection`) as a cache of the same
-  source. Image loading runs on the prefetch threads, encoding (over this process's devices) in
-  the consuming thread.
+  source. Image loading runs per example on `num_workers` threads; encoding (over this
+  process's devices) on one background thread, `prefetch` batches ahead of the consumer.
   """
 
   def __init__(
@@ -92,17 +97,34 @@ class OnlineLatentTrainData(latents.LatentTrainData):
     self._devices = devices
     self._encode = None
 
+  @property
+  def num_skipped(self) -> int:
+    """Undecodable examples met (each stops the run: encoding on the fly cannot skip them)."""
+    return self._loader.skips.num_skipped
+
+  def tasks_per_batch(self) -> int:
+    return self.local_batch
+
+  def plan_images(self, step: int) -> parallel.Pending:
+    """One task per example: its center crop (flipped per `selection`) and label."""
+    indices, flip = self.selection(step)
+    pending = self._loader.plan(indices)
+
+    def finish(out, _):
+      images, labels, ok = out
+      if not ok.all():
+        raise pipeline.BadImage(
+          f"undecodable example(s) in step {step}; the latent cache skips them, encoding on "
+          "the fly cannot (fix or remove the files)"
+        )
+      images[flip] = images[flip][:, :, ::-1]
+      return {"image": images, "label": labels}
+
+    return parallel.Pending(pending.value, pending.tasks, finish)
+
   def images(self, step: int) -> dict[str, np.ndarray]:
     """uint8 (B_local, S, S, 3) center crops, flipped per `selection`, and labels."""
-    indices, flip = self.selection(step)
-    images, labels, ok = self._loader(indices)
-    if not ok.all():
-      raise pipeline.BadImage(
-        f"undecodable example(s) in step {step}; the latent cache skips them, encoding on the "
-        "fly cannot (fix or remove the files)"
-      )
-    images[flip] = images[flip][:, :, ::-1]
-    return {"image": images, "label": labels}
+    return parallel.run_serially(self.plan_images(step))
 
   def encode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if self._encode is None:
@@ -113,28 +135,66 @@ class OnlineLatentTrainData(latents.LatentTrainData):
     return self.encode(self.images(step))
 
   def iterator(self, start_step: int = 0):
-    it = pipeline.PrefetchIterator(self.images, start_step, self.prefetch, self.num_workers)
-    return _MapIterator(it, self.encode)
+    depth = parallel.batch_depth(self.prefetch, self.num_workers, self.local_batch)
+    images = parallel.ParallelBatches(
+      self.plan_images, start_step, depth=depth, workers=self.num_workers
+    )
+    return EncodeAhead(images, self.encode, depth=self.prefetch)
 
 
-class _MapIterator:
-  """fn over an iterator, with close() passed through."""
+class EncodeAhead:
+  """`fn` over an iterator on one background thread, `depth` items ahead, in order.
 
-  def __init__(self, it, fn):
-    self._it, self._fn = it, fn
+  The online encoder's device work and host transfer overlap the train step instead of running
+  on the consuming thread; one thread keeps the order (and the encoded values) deterministic.
+  close() stops the thread and closes the source iterator.
+  """
+
+  def __init__(self, it, fn: Callable, depth: int = 2):
+    self._it, self._fn, self._depth = it, fn, max(1, int(depth))
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, "softvq_encode")
+    self._queue: collections.deque = collections.deque()
+    self._closed = False
 
   def __iter__(self):
     return self
 
-  def __next__(self):
+  def _one(self):
     return self._fn(next(self._it))
 
+  def __next__(self):
+    if self._closed:
+      raise StopIteration
+    while len(self._queue) < self._depth + 1:
+      self._queue.append(self._pool.submit(self._one))
+    try:
+      return self._queue.popleft().result()
+    except BaseException:
+      self.close()
+      raise
+
   def close(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    for f in self._queue:
+      f.cancel()
+    self._queue.clear()
+    self._pool.shutdown(wait=True, cancel_futures=True)
     self._it.close()
+
+  def __del__(self):
+    if not getattr(self, "_closed", True):
+      self._closed = True
+      self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class OnlineLatentEvalData:
-  """Eval batches of an image source encoded on the fly (center crop, no flip), padded, masked."""
+  """Eval batches of an image source encoded on the fly (center crop, no flip), padded, masked.
+
+  Images decoded per example on `num_workers` threads, encoded on a background thread
+  (`EncodeAhead`), batches in order. An undecodable image is masked out (`num_skipped`).
+  """
 
   def __init__(
     self,
@@ -145,6 +205,8 @@ class OnlineLatentEvalData:
     process_index: int = 0,
     process_count: int = 1,
     devices: Sequence[jax.Device] | None = None,
+    num_workers: int | None = None,
+    prefetch: int = 2,
   ):
     self.source, self.tokenizer, self.batch_size = source, tokenizer, batch_size
     self.num_examples = len(source)
@@ -152,20 +214,44 @@ class OnlineLatentEvalData:
     self._chunks = latents.padded_chunks(len(source), batch_size, process_index, process_count)
     self._devices = devices
     self._encode = None
+    self.num_workers, self.prefetch = parallel.resolve_workers(num_workers), prefetch
+
+  @property
+  def num_skipped(self) -> int:
+    """Distinct undecodable held-out images of this process (masked out of every pass)."""
+    return self._loader.skips.num_bad
+
+  def _plan(self, b: int) -> parallel.Pending:
+    mask = self._chunks[b] >= 0
+    pending = self._loader.plan(np.where(mask, self._chunks[b], 0))
+
+    def finish(out, _):
+      images, labels, ok = out
+      return images, labels, mask & ok
+
+    return parallel.Pending(pending.value, pending.tasks, finish)
+
+  def _encoded(self, loaded) -> dict[str, np.ndarray]:
+    images, labels, mask = loaded
+    return {
+      "latent": np.asarray(self._encode(images), np.float32),
+      "label": np.where(mask, labels, 0).astype(np.int32),
+      "mask": mask,
+    }
 
   def iterator(self) -> Iterator[dict[str, np.ndarray]]:
     if self._encode is None:  # built once: repeated evaluations reuse the compiled function
       self._encode = make_encode_fn(self.tokenizer, "float32", self._devices)
-    encode = self._encode
-    for chunk in self._chunks:
-      mask = chunk >= 0
-      images, labels, ok = self._loader(np.where(mask, chunk, 0))
-      mask &= ok
-      yield {
-        "latent": np.asarray(encode(images), np.float32),
-        "label": np.where(mask, labels, 0).astype(np.int32),
-        "mask": mask,
-      }
+    depth = parallel.batch_depth(self.prefetch, self.num_workers, self.batch_size)
+    images = parallel.ParallelBatches(
+      self._plan, 0, depth=depth, workers=self.num_workers, stop=len(self._chunks)
+    )
+    it = EncodeAhead(images, self._encoded, depth=self.prefetch)
+    try:
+      for _ in range(len(self._chunks)):
+        yield next(it)
+    finally:
+      it.close()
 
 
 def load_tokenizer(data_cfg):
@@ -198,4 +284,6 @@ def build_eval_data(
     batch_size=batch_size,
     process_index=process_index,
     process_count=process_count,
+    num_workers=data_cfg.get("num_workers", 0),
+    prefetch=data_cfg.get("prefetch", 2),
   )

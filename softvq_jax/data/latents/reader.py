@@ -4,11 +4,14 @@
 {"latent": float32 (B_local, L, D) raw z_q, "label": int32 (B_local,)}; sample g picks the flipped
 variant when `flip_bits(seed, g)` is set (`LatentTrainData.selection`, shared with the online
 encoder in `softvq_jax.training.online_latents`). `LatentEvalData` yields fixed-shape padded
-batches with a "mask".
+batches with a "mask". Both read whole batches on `num_workers` threads, several batches at once
+(array_record reads and numpy casts release the GIL), handed out in order: the values never
+depend on the worker count.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -16,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from softvq_jax.data import pipeline
+from softvq_jax.data import parallel, pipeline
 from softvq_jax.data.latents import format as fmt
 
 
@@ -96,9 +99,18 @@ class LatentTrainData(pipeline.ShuffledBatches):
     g = self.local_samples(step)
     return self.example_indices(g), self.flips(g)
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    latent, label = self.source.read(*self.selection(step))
-    return {"latent": latent, "label": label}
+  def tasks_per_batch(self) -> int:
+    return 1
+
+  def plan(self, step: int) -> parallel.Pending:
+    """One read of this process's rows of step `step` (array_record's reads cost ~3 ms a call
+    whatever their size, so a batch is not split: consecutive batches run on the workers)."""
+
+    def read():
+      latent, label = self.source.read(*self.selection(step))
+      return {"latent": latent, "label": label}
+
+    return parallel.Pending(None, [read], finish=lambda _, results: results[0])
 
 
 def padded_chunks(
@@ -115,8 +127,11 @@ def padded_chunks(
 class LatentEvalData:
   """Evaluation batches over examples [0, num) of a cache (center crop, no flip), padded, masked.
 
-  Every process yields the same number of batches (padding rows have mask False).
+  Every process yields the same number of batches (padding rows have mask False). A cache
+  holds only decodable examples, so `num_skipped` is always 0.
   """
+
+  num_skipped = 0
 
   def __init__(
     self,
@@ -126,13 +141,30 @@ class LatentEvalData:
     num: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    num_workers: int | None = None,
+    prefetch: int = 2,
   ):
     self.source, self.batch_size = source, batch_size
     self.num_examples = len(source) if not num else min(num, len(source))
     self._chunks = padded_chunks(self.num_examples, batch_size, process_index, process_count)
+    self.num_workers, self.prefetch = parallel.resolve_workers(num_workers), prefetch
+
+  def _read(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+    mask = chunk >= 0
+    latent, label = self.source.read(np.where(mask, chunk, 0))
+    return {"latent": latent, "label": np.where(mask, label, 0).astype(np.int32), "mask": mask}
+
+  def _plan(self, b: int) -> parallel.Pending:
+    chunk = self._chunks[b]
+    return parallel.Pending(None, [functools.partial(self._read, chunk)], lambda _, r: r[0])
 
   def iterator(self) -> Iterator[dict[str, np.ndarray]]:
-    for chunk in self._chunks:
-      mask = chunk >= 0
-      latent, label = self.source.read(np.where(mask, chunk, 0))
-      yield {"latent": latent, "label": np.where(mask, label, 0).astype(np.int32), "mask": mask}
+    """The padded batches, read `prefetch` ahead on the worker threads, in order."""
+    depth = max(1, self.prefetch, min(self.num_workers, len(self._chunks)))
+    it = parallel.ParallelBatches(
+      self._plan, 0, depth=depth, workers=self.num_workers, stop=len(self._chunks)
+    )
+    try:
+      yield from it
+    finally:
+      it.close()

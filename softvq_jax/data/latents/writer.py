@@ -14,6 +14,7 @@ tokenizer). `write_cache` writes latents already in memory.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -25,8 +26,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from softvq_jax.data import pipeline, preprocess
+from softvq_jax.data import parallel, pipeline, preprocess
 from softvq_jax.data.latents import format as fmt
+from softvq_jax.data.skips import SkipLog
 from softvq_jax.utils.files import replace_dir
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]  # uint8 (n, S, S, 3) -> z_q (n, L, D)
@@ -60,25 +62,39 @@ def _barrier(name: str) -> None:
 class CenterCrops:
   """Loads (center crop uint8 (n, S, S, 3), labels int32, ok-mask) of an ImageSource's indices.
 
-  Undecodable examples (`pipeline.BadImage`) are zeros with ok False (logged).
+  Undecodable examples (`pipeline.BadImage`) are zeros with ok False (warned about once per
+  file per run, `skips`). `plan(indices)` splits the work into one task per example for
+  `parallel.ParallelBatches`; calling the object runs the same tasks serially.
   """
 
   def __init__(self, source, image_size: int):
     self.source, self.image_size = source, image_size
+    self.skips = SkipLog("example")
+
+  def fill(self, out: tuple[np.ndarray, np.ndarray, np.ndarray], j: int, index: int) -> None:
+    """Row j of `out` (images, labels, ok) from example `index`."""
+    images, labels, ok = out
+    try:
+      if self.skips.is_bad(index):
+        raise pipeline.BadImage(self.skips.bad.get(index, ""))
+      image, labels[j] = self.source.load(index)
+      images[j] = preprocess.center_crop_arr(image, self.image_size)
+    except pipeline.BadImage as e:
+      ok[j] = False
+      self.skips.record(index, e)
+
+  def plan(self, indices: Sequence[int]) -> parallel.Pending:
+    s = self.image_size
+    out = (
+      np.zeros((len(indices), s, s, 3), np.uint8),
+      np.zeros(len(indices), np.int32),
+      np.ones(len(indices), bool),
+    )
+    tasks = [functools.partial(self.fill, out, j, int(i)) for j, i in enumerate(indices)]
+    return parallel.Pending(out, tasks)
 
   def __call__(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s = self.image_size
-    images = np.zeros((len(indices), s, s, 3), np.uint8)
-    labels = np.zeros(len(indices), np.int32)
-    ok = np.ones(len(indices), bool)
-    for j, i in enumerate(indices):
-      try:
-        image, labels[j] = self.source.load(int(i))
-        images[j] = preprocess.center_crop_arr(image, s)
-      except pipeline.BadImage as e:
-        ok[j] = False
-        logging.warning("skipping undecodable example %d: %s", i, e)
-    return images, labels, ok
+    return parallel.run_serially(self.plan(indices))
 
 
 class _Progress:
@@ -134,13 +150,15 @@ def _write_shard(tmp: pathlib.Path, plan: dict, k: int, chunks: Iterable[Chunk])
 def _encoded_chunks(
   encode_fn: EncodeFn, loader: CenterCrops, lo: int, hi: int, batch: int, np_dt, progress, workers
 ) -> Iterator[Chunk]:
-  """Batches of [lo, hi): images loaded on `workers` threads, crop and flip encoded together."""
+  """Batches of [lo, hi): the examples loaded on `workers` threads (in order, 2 batches ahead),
+  crop and flip encoded together."""
   starts = list(range(lo, hi, batch))
 
-  def load(b: int):
-    return loader(range(starts[b], min(starts[b] + batch, hi))) if b < len(starts) else None
+  def plan(b: int) -> parallel.Pending:
+    return loader.plan(range(starts[b], min(starts[b] + batch, hi)))
 
-  it = pipeline.PrefetchIterator(load, 0, depth=2 * workers, workers=workers)
+  depth = parallel.batch_depth(2, workers, batch)
+  it = parallel.ParallelBatches(plan, 0, depth=depth, workers=workers, stop=len(starts))
   try:
     for _ in range(len(starts)):
       images, labels, ok = next(it)
@@ -202,9 +220,9 @@ def encode_dataset(
   to `dtype` on the host if it is not already; source: an ImageSource. `tokenizer` (a path) and
   `tokenizer_config` are recorded in the metadata. Each process (default: this JAX process)
   encodes its contiguous block of shards; shards already complete in `<out>.incomplete/` are
-  skipped (resume). Images are decoded and cropped by `num_workers` threads (default: the CPU
-  count), each preparing whole batches. Returns `cache_info(out)` once the cache is complete (on
-  process 0 in a multi-host run), else None (other processes' shards pending).
+  skipped (resume). Images are decoded and cropped example by example on `num_workers` threads
+  (default: this process's cores), in order. Returns `cache_info(out)` once the cache is
+  complete (on process 0 in a multi-host run), else None (other processes' shards pending).
   """
   out = pathlib.Path(out).absolute()
   tmp = fmt.incomplete_dir(out)
@@ -237,7 +255,7 @@ def encode_dataset(
       "resuming: %d of this process's %d shards are complete", len(mine) - len(todo), len(mine)
     )
   loader = CenterCrops(source, int(image_size))
-  workers = num_workers or min(32, os.cpu_count() or 1)
+  workers = parallel.resolve_workers(num_workers)
   progress = _Progress(sum(shards[k][1] - shards[k][0] for k in todo))
   for k in todo:
     lo, hi = shards[k]

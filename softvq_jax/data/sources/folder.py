@@ -8,12 +8,17 @@ pipeline skips and counts.
 from __future__ import annotations
 
 import pathlib
-import warnings
 
 import numpy as np
 from PIL import Image
 
-from softvq_jax.data.pipeline import BadImage
+from softvq_jax.data.sources.decode import read_image
+from softvq_jax.utils.errors import UserError
+
+
+class MissingImages(UserError, FileNotFoundError):
+  """The configured image folder does not exist or holds no images."""
+
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
@@ -22,12 +27,10 @@ def list_images(root: str | pathlib.Path) -> tuple[list[pathlib.Path], list[int]
   """(files, labels, class names) under `root`; labels index the sorted first-level subfolders."""
   root = pathlib.Path(root).expanduser()
   if not root.is_dir():
-    raise FileNotFoundError(
-      f"image folder {str(root)!r} does not exist (data.path / data.eval_path)"
-    )
+    raise MissingImages(f"image folder {str(root)!r} does not exist (data.path / data.eval_path)")
   files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
   if not files:
-    raise FileNotFoundError(
+    raise MissingImages(
       f"no images ({', '.join(EXTENSIONS)}) found under {str(root)!r} (data.path / data.eval_path)"
     )
   classes = sorted(
@@ -42,33 +45,28 @@ def list_images(root: str | pathlib.Path) -> tuple[list[pathlib.Path], list[int]
 
 
 class FolderSource:
-  """Random access to a list of image files."""
+  """Random access to a list of image files; `location` names them in error messages."""
 
-  def __init__(self, files: list[pathlib.Path], labels: list[int]):
+  def __init__(self, files: list[pathlib.Path], labels: list[int], location: str = ""):
     self.files, self.labels = list(files), list(labels)
+    self.location = location or f"{len(self.files)} image files"
 
   def __len__(self) -> int:
     return len(self.files)
 
-  def load(self, index: int) -> tuple[Image.Image, int]:
-    path = self.files[index]
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. truncated-file or EXIF warnings
-        with Image.open(path) as im:
-          im.load()
-          image = im.copy()
-    except Exception as e:  # PIL raises many types for broken files
-      raise BadImage(f"{path}: {type(e).__name__}: {e}") from e
-    return image, self.labels[index]
+  def load(self, index: int, draft: int | None = None) -> tuple[Image.Image, int]:
+    """(image, label) of file `index`; `draft`: see sources.decode (data.jpeg_draft)."""
+    return read_image(self.files[index], draft), self.labels[index]
 
 
 def folder_sources(path: str, eval_path: str = "", eval_fraction: float = 0.1):
   """(train, eval) FolderSources: eval from `eval_path`, else a seeded held-out fraction."""
   files, labels, _ = list_images(path)
+  where, held_where = f"data.path={str(path)!r}", f"data.path={str(path)!r} (held out)"
   if eval_path:
     eval_files, eval_labels, _ = list_images(eval_path)
-    return FolderSource(files, labels), FolderSource(eval_files, eval_labels)
+    held_out = FolderSource(eval_files, eval_labels, f"data.eval_path={str(eval_path)!r}")
+    return FolderSource(files, labels, where), held_out
   if len(files) < 2:
     raise ValueError(
       f"{path!r} has {len(files)} image; need >= 2 to hold one out (or set eval_path)"
@@ -79,6 +77,6 @@ def folder_sources(path: str, eval_path: str = "", eval_fraction: float = 0.1):
   pick = lambda keep: [i for i in range(len(files)) if (i in held) == keep]
   train_idx, eval_idx = pick(False), pick(True)
   return (
-    FolderSource([files[i] for i in train_idx], [labels[i] for i in train_idx]),
-    FolderSource([files[i] for i in eval_idx], [labels[i] for i in eval_idx]),
+    FolderSource([files[i] for i in train_idx], [labels[i] for i in train_idx], where),
+    FolderSource([files[i] for i in eval_idx], [labels[i] for i in eval_idx], held_where),
   )

@@ -4,22 +4,21 @@
 `file_format="array_record"`, so the generic pipeline (pipeline.py) gives exact resume,
 determinism and per-process disjointness unchanged: a process reads only the global indices of
 its own slice of each batch. Records are parsed without TFDS's image decoding; JPEGs are decoded
-here with PIL (grayscale/CMYK/palette -> RGB later in preprocess.to_rgb), and undecodable bytes
-raise `BadImage`, which the pipeline skips and counts. A dataset prepared as tfrecord (no random
-access) is refused with the command that converts it in place.
+here with PIL (sources.decode; grayscale/CMYK/palette -> RGB later in preprocess.to_rgb), and
+undecodable bytes raise `BadImage`, which the pipeline skips and counts. A dataset prepared as
+tfrecord (no random access) is refused with the command that converts it in place.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import os
-import warnings
 
 from absl import logging
 from PIL import Image
 
 from softvq_jax.data.pipeline import BadImage
+from softvq_jax.data.sources.decode import decode_image  # noqa: F401 (re-exported)
 
 DEFAULT_NAME = "imagenet2012"
 RANDOM_ACCESS_FORMAT = "array_record"
@@ -131,18 +130,6 @@ def _raise_open_file_limit(want: int = 65536) -> None:
     logging.warning("could not raise the open-file limit: %s", e)
 
 
-def decode_image(data: bytes, name: str = "") -> Image.Image:
-  """Encoded image bytes -> a loaded PIL image (any mode); BadImage when undecodable."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # EXIF / palette warnings
-      with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.copy()
-  except Exception as e:  # PIL raises many types for broken files
-    raise BadImage(f"{name or '<bytes>'}: {type(e).__name__}: {e}") from e
-
-
 class TfdsImageSource:
   """Random access to (PIL image, label) of one split of a prepared TFDS image dataset.
 
@@ -214,13 +201,19 @@ class TfdsImageSource:
       out["file_name"] = feature["file_name"].bytes_list.value[0].decode()
     return out
 
-  def load(self, index: int) -> tuple[Image.Image, int]:
+  @property
+  def location(self) -> str:
+    """Where the data is, for error messages."""
+    return f"data.data_dir={self.data_dir!r}, TFDS {self.name!r} split {self.split!r}"
+
+  def load(self, index: int, draft: int | None = None) -> tuple[Image.Image, int]:
+    """(image, label) of example `index`; `draft`: see sources.decode (data.jpeg_draft)."""
     try:
       rec = self.record(index)
     except Exception as e:  # a damaged record: skipped and counted like an undecodable image
       raise BadImage(f"{self.name}/{self.split}[{index}]: {type(e).__name__}: {e}") from e
     name = rec.get("file_name", f"{self.name}/{self.split}[{index}]")
-    return decode_image(rec["image"], name), rec["label"]
+    return decode_image(rec["image"], name, draft), rec["label"]
 
 
 def imagenet_sources(data_cfg, process_count: int = 1):

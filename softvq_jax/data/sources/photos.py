@@ -51,5 +51,9 @@ class PhotoSource:
   def __len__(self) -> int:
     return len(self.names)
 
-  def load(self, index: int) -> tuple[Image.Image, int]:
+  location = "data.name='photos'"
+
+  def load(self, index: int, draft: int | None = None) -> tuple[Image.Image, int]:
+    """(image, label); `draft` is ignored (the photos are decoded once, kept as arrays)."""
+    del draft
     return Image.fromarray(_load(self.names[index])), index
