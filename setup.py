@@ -21,7 +21,7 @@ setup(
     install_requires=_REQUIREMENTS,
     extras_require={
         "test": [
-            "pytest>=8", "chex>=0.1.90", "hypothesis>=6.100", "ruff>=0.6",
+            "pytest>=8", "pytest-xdist>=3.6", "chex>=0.1.90", "hypothesis>=6.100", "ruff>=0.6",
             # tests/test_colab_notebook.py runs the Colab notebook headless.
             "nbclient", "nbformat", "ipykernel",
         ],

@@ -3,6 +3,7 @@
   python benchmarks/input_pipeline.py                          # fake data, 1, 2, 4, ... workers
   python benchmarks/input_pipeline.py --data_dir=/data/tfds --folder=/data/imagenet/train
   python benchmarks/input_pipeline.py --reference_python=/tmp/torchvenv/bin/python
+  python benchmarks/input_pipeline.py --readers=tfrecord --tfrecord_dir=gs://BUCKET/tfds
 
 For every reader (an image folder, TFDS ImageNet as array_record, the bundled photos) and crop
 size it prints images/s for 1, 2, 4, ... decode threads up to this host's cores (median of
@@ -18,8 +19,9 @@ worker count is printed. Without torch that row is skipped, saying so.
 Without --data_dir / --folder, fake data is made in a temporary directory: JPEGs cut from the
 bundled photos at ImageNet-like sizes (short side 375-468 px), so the decode cost is realistic;
 the fake ImageNet goes through the real TFDS builder. Each host runs this independently: the
-figure is what one process delivers for its local batch. A tf.data reader (pod issue #12) plugs
-into `EXTRA_READERS` below and is measured the same way once it exists.
+figure is what one process delivers for its local batch. The tf.data reader of tfrecord datasets
+(data.reader=tfrecord, data/streams.py; `EXTRA_READERS`) is measured the same way, on
+--tfrecord_dir or on the fake ImageNet prepared as tfrecord in --tfrecord_streams shard files.
 """
 
 import json
@@ -39,8 +41,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # softvq_jax from the checkout;
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Prepared TFDS data_dir ('' = fake ImageNet).")
 _FOLDER = flags.DEFINE_string("folder", "", "An image folder ('' = fake JPEG folder).")
 _READERS = flags.DEFINE_list(
-  "readers", ["folder", "imagenet", "photos", "reference"], "Rows to measure."
+  "readers", ["folder", "imagenet", "tfrecord", "photos", "reference"], "Rows to measure."
 )
+_TFRECORD_DIR = flags.DEFINE_string(
+  "tfrecord_dir", "", "TFDS data_dir prepared as tfrecord, local or gs:// ('' = fake ImageNet)."
+)
+_STREAMS = flags.DEFINE_integer("tfrecord_streams", 4, "data.tfrecord_streams (tfrecord row).")
 _SIZES = flags.DEFINE_list("sizes", ["256"], "Crop sizes.")
 _WORKERS = flags.DEFINE_list("workers", [], "Thread counts ('' = 1, 2, 4, ... up to the cores).")
 _BATCH = flags.DEFINE_integer("batch", 64, "Local (per-host) batch size.")
@@ -56,7 +62,7 @@ _REF_PYTHON = flags.DEFINE_string(
 _REF_WORKERS = flags.DEFINE_integer("reference_workers", 2, "DataLoader workers (reference).")
 
 # name -> builder(size, workers) -> an object with .iterator(start) and .local_batch, for readers
-# that are not data.build_train_data configs. The tf.data reader of the pod issue (#12) goes here.
+# measured beside the data.build_train_data configs; main() adds the tf.data reader ("tfrecord").
 EXTRA_READERS: dict = {}
 
 # The reference loader (torch), run in a subprocess so that this process needs no torch: the
@@ -174,6 +180,40 @@ def _fake_imagenet(tmp: str) -> str:
   )
 
 
+def _fake_tfrecord(tmp: str) -> str:
+  """The fake imagenet2012 as tfrecord, one shard file per stream (the TFDS default format)."""
+  import tensorflow_datasets as tfds
+  from fake_imagenet import make_fake_imagenet
+
+  tfds.disable_progress_bar()
+  per_class = max(1, _FAKE_IMAGES.value // 8)
+  root = pathlib.Path(tmp) / "tfrecord"
+  manual = make_fake_imagenet(
+    root, num_classes=8, per_class=per_class, num_val=8, size=375, bad_images=False, photos=True
+  )
+  builder = tfds.builder("imagenet2012", data_dir=str(root / "tfds"), file_format="tfrecord")
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=str(manual), num_shards=_STREAMS.value)
+  )
+  return str(root / "tfds")
+
+
+def _tfrecord_reader(data_dir: str, common: dict):
+  """EXTRA_READERS entry: builder(size, workers) of the tf.data reader's training batches."""
+  import ml_collections
+
+  from softvq_jax import data
+
+  def build(size, workers):
+    c = dict(common, name="imagenet", data_dir=data_dir, reader="tfrecord")
+    c.update(tfrecord_streams=_STREAMS.value, num_workers=workers, prefetch=_PREFETCH.value)
+    return data.build_train_data(
+      ml_collections.ConfigDict(c), image_size=size, global_batch=_BATCH.value, seed=0
+    )
+
+  return build
+
+
 def _throughput(d) -> tuple[float, float]:
   """(images/s, CPU ms per image) over _STEPS batches after 2 warm-up batches."""
   it = d.iterator(0)
@@ -229,6 +269,11 @@ def main(argv):
       data_dir = _DATA_DIR.value or _fake_imagenet(tmp)
       notes["imagenet"] = "prepared ImageNet" if _DATA_DIR.value else "FAKE ImageNet"
       configs["imagenet"] = dict(name="imagenet", data_dir=data_dir, **common)
+    if "tfrecord" in readers:
+      tf_dir = _TFRECORD_DIR.value or _fake_tfrecord(tmp)
+      kind = "tfrecord" if _TFRECORD_DIR.value else "FAKE ImageNet as tfrecord"
+      notes["tfrecord"] = f"{kind}, tf.data, {_STREAMS.value} streams"
+      EXTRA_READERS["tfrecord"] = _tfrecord_reader(tf_dir, common)
     if "photos" in readers:
       notes["photos"] = "bundled photos (9 images, up to 1.4k px)"
       configs["photos"] = dict(name="photos", **common)
@@ -245,7 +290,6 @@ def main(argv):
         "  reference (torch ImageFolder + DataLoader): SKIPPED, torch is not importable "
         "(pass --reference_python=/path/to/python-with-torch)"
       )
-    print("  tf.data reader (pod issue #12): not built yet; add it to EXTRA_READERS")
     for size in map(int, _SIZES.value):
       rows: dict = {}
       for _ in range(_REPEATS.value):  # interleaved: load changes hit every row alike

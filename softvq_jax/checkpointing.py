@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
-import tempfile
 import time
+import uuid
 from typing import Any
 
 import jax
@@ -26,8 +25,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from softvq_jax.utils.errors import UserError
-from softvq_jax.utils.files import make_public, replace_dir
-from softvq_jax.utils.paths import user_path
+from softvq_jax.utils.files import replace_dir
+from softvq_jax.utils.paths import is_uri, user_path
 
 ITEMS = ("params", "ema_params", "train")
 SET_ASIDE = "checkpoints_set_aside"  # newer steps moved out of the way (never deleted)
@@ -75,22 +74,26 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
   )
 
 
-def _remove_when_settled(tmp: Any, seconds: float = 10.0) -> None:
+def _remove_when_settled(tmp: Any, seconds: float = 30.0, quiet: float = 1.0) -> None:
   """Removes a failed write's temporary directory; Orbax's writer threads may still be adding
-  files for a moment after the failure surfaced, so removal is retried until it sticks."""
+  files for a moment after the failure surfaced (longer on a busy machine), so removal is
+  retried until the directory has stayed gone for `quiet` seconds."""
   deadline = time.time() + seconds
-  while True:
+  gone_since, last_error = None, None
+  while time.time() < deadline:
     try:
-      tmp.rmtree() if tmp.is_dir() else tmp.unlink()
-      if not tmp.exists():
+      if tmp.exists():
+        gone_since = None
+        tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+      gone_since = gone_since or time.time()
+      if time.time() - gone_since >= quiet:
         return
     except FileNotFoundError:
-      return
+      pass
     except OSError as e:
-      if time.time() > deadline:
-        logging.warning("could not remove the failed write's %s: %s", tmp, e)
-        return
-    time.sleep(0.1)
+      last_error = e
+    time.sleep(0.05)
+  logging.warning("could not remove the failed write's %s (%s)", tmp, last_error or "it reappears")
 
 
 class CheckpointManager:
@@ -119,6 +122,7 @@ class CheckpointManager:
       enable_async_checkpointing=async_save,
       create=True,
     )
+    self._unconfirmed = False  # a save was issued and its write not yet seen to succeed
     self._mngr = ocp.CheckpointManager(
       self.directory, options=options, item_names=(*ITEMS, "config", "data")
     )
@@ -154,6 +158,7 @@ class CheckpointManager:
       data=ocp.args.JsonSave(to_json(data_state) if data_state is not None else {}),
     )
     saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    self._unconfirmed = self._unconfirmed or saved
     if saved:
       logging.info("Checkpoint for step %d being written to %s", step, self.directory)
     return saved
@@ -244,11 +249,15 @@ class CheckpointManager:
     self.reload()
 
   def check_for_errors(self) -> None:
-    """Raises CheckpointWriteError if an asynchronous save has failed (call once per step)."""
+    """Raises CheckpointWriteError if an asynchronous save has failed (call once per step; only
+    does work while a save is not yet confirmed)."""
+    if not self._unconfirmed:
+      return
     try:
       self._mngr.check_for_errors()
       if not self._mngr.is_saving_in_progress():
         self._mngr.wait_until_finished()  # a no-op unless the finished save failed
+        self._unconfirmed = False
     except Exception as e:  # noqa: BLE001
       raise self._write_error(e) from e
 
@@ -261,7 +270,9 @@ class CheckpointManager:
     for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*") if self.directory.exists() else []:
       if jax.process_index() == 0:
         _remove_when_settled(tmp)
-    try:
+    try:  # local disks only (shutil on a gs:// path would look for a local folder "gs:")
+      if is_uri(self.directory):
+        raise ValueError
       free = f"{shutil.disk_usage(os.fspath(self.directory)).free / 2**30:.2f} GiB free there"
     except (OSError, ValueError):
       free = "free space unknown"
@@ -316,28 +327,42 @@ def read_checkpoint_config(workdir: str | os.PathLike, step: int | None = None) 
 
 
 def save_model(out_dir: str | os.PathLike, params: Any, config: Any, *, overwrite: bool = False):
-  """Writes params + config.json into `out_dir` atomically (built in a temp dir, renamed)."""
-  out = pathlib.Path(out_dir).absolute()
+  """Writes params + config.json into `out_dir`, local or gs://, so that it appears complete.
+
+  Local: built in a temporary sibling folder, then renamed into place. gs:// (folders cannot be
+  renamed there): written in place, config.json last, so `load_model` (which needs both) never
+  takes a half-written model; an overwritten model is removed first.
+  """
+  out = user_path(out_dir)
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+  config_text = json.dumps(to_json(config), indent=2, sort_keys=True)
+  ckptr = ocp.StandardCheckpointer()
+  if is_uri(out):
+    if out.exists():
+      out.rmtree()
+    ckptr.save(out / "params", jax.tree.map(np.asarray, params))
+    ckptr.wait_until_finished()
+    (out / "config.json").write_text(config_text)
+    logging.info("Saved model to %s", out)
+    return out
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+  tmp.mkdir()
   try:
-    ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / "params", jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
-    (tmp / "config.json").write_text(json.dumps(to_json(config), indent=2, sort_keys=True))
-    make_public(tmp)  # mkdtemp made it 0700
+    (tmp / "config.json").write_text(config_text)
     replace_dir(tmp, out)
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.rmtree(missing_ok=True)
   logging.info("Saved model to %s", out)
   return out
 
 
 def load_model(model_dir: str | os.PathLike, shardings: Any = None) -> tuple[Any, dict]:
   """Reads (params, config dict) written by `save_model`; arrays land on `shardings` if given."""
-  d = pathlib.Path(model_dir).absolute()
+  d = user_path(model_dir)
   cfg_path, params_path = d / "config.json", d / "params"
   if not cfg_path.is_file() or not params_path.exists():
     raise FileNotFoundError(

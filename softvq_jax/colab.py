@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,11 +19,13 @@ from PIL import Image
 from softvq_jax.data import preprocess
 from softvq_jax.utils import images as image_utils
 from softvq_jax.weights import pretrained
+from softvq_jax.weights.io import expand_path
 
 
 def load_tokenizer(path: str | os.PathLike, *, ema: bool = True) -> pretrained.PretrainedTokenizer:
-  """A tokenizer from a released HF folder, an exported model dir, or a training workdir."""
-  path = pathlib.Path(path)
+  """A tokenizer from a released HF folder, an exported model dir, or a training workdir (local
+  or gs://)."""
+  path = expand_path(path)
   released = path / "model.safetensors"
   if released.is_file() and (path / "config.json").is_file() and not (path / "params").exists():
     from softvq_jax.weights.tokenizer import load_reference_tokenizer
@@ -39,8 +40,8 @@ def _to_pil(item: Any) -> Image.Image:
     return item
   if isinstance(item, (bytes, bytearray)):
     return Image.open(io.BytesIO(item))
-  if isinstance(item, (str, os.PathLike)):
-    return Image.open(item)
+  if isinstance(item, (str, os.PathLike)):  # local or gs://
+    return Image.open(io.BytesIO(expand_path(item).read_bytes()))
   return Image.fromarray(image_utils.to_uint8(np.asarray(item), rounding="round"))
 
 

@@ -113,6 +113,15 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Host values or arrays (the same on every process) -> arrays replicated over `mesh`.
+
+  Unlike `jax.device_put` of a device array, this works when the mesh spans several hosts
+  (which would need a cross-host transfer): the values go through the host first.
+  """
+  return jax.device_put(to_host(tree), replicated(mesh))
+
+
 def place(host_tree: Any, shardings: Any) -> Any:
   """Host arrays (the same on every process) -> global arrays with `shardings`, each device
   getting only its slice (no device_get / full device_put of sharded state)."""

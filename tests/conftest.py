@@ -20,3 +20,22 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 @pytest.fixture
 def fixtures_dir():
   return FIXTURES
+
+
+# The longest files first, so that `pytest -n 2 --dist loadfile` (the README's test command)
+# starts them at once on different workers instead of finding two of them at the end.
+_LONG_FIRST = (
+  "test_multiprocess.py",
+  "test_recovery.py",
+  "test_tokenizer_objective.py",
+  "test_quantizer_study.py",
+  "test_readme.py",
+  "test_imagenet.py",
+  "test_generator_trainer.py",
+  "test_tokenizer_trainer.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

@@ -15,8 +15,6 @@ holds no model code.
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
@@ -28,6 +26,7 @@ from softvq_jax.data import latents
 from softvq_jax.training import online_latents
 from softvq_jax.utils import cli
 from softvq_jax.utils.errors import UserError
+from softvq_jax.utils.paths import user_path
 from softvq_jax.weights import pretrained
 
 FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
@@ -125,7 +124,7 @@ def check_inputs() -> None:
   )
   hint = "latent caches are made with a tokenizer (the generator trains on them)"
   inputs.require(_TOKENIZER.value, "tokenizer", "--tokenizer", hint)
-  out = pathlib.Path(_OUT.value)
+  out = user_path(_OUT.value)  # local or gs://
   if (out / "cache_info.json").is_file() and not _OVERWRITE.value:
     raise UserError(f"--out={out} is a complete latent cache already; pass --overwrite to redo it")
   if out.exists() and not (out / "cache_info.json").is_file() and not _OVERWRITE.value:
@@ -135,7 +134,7 @@ def check_inputs() -> None:
 def main(argv):
   del argv  # cli.run refuses positional arguments
   check_inputs()
-  tokenizer_path = str(pathlib.Path(_TOKENIZER.value).absolute())
+  tokenizer_path = str(user_path(_TOKENIZER.value))  # recorded in the cache: absolute or a URI
   tok = pretrained.load_tokenizer(tokenizer_path, ema=not _RAW.value, step=_STEP.value)
   cfg = data_config(tok.config)
   split = "train" if _SPLIT.value == "train" else "eval"

@@ -29,14 +29,17 @@ needs (the optimizer state and LeCam EMAs restart; the frozen trunk comes from
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import pathlib
 import sys
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from softvq_jax.utils.errors import UserError
+from softvq_jax.utils.files import atomic_open
+from softvq_jax.utils.paths import user_path
 from softvq_jax.weights import sit
 
 
@@ -44,21 +47,21 @@ class OutputExistsError(UserError, FileExistsError):
   """The output of a conversion exists and --overwrite was not given."""
 
 
-def _check_out(out: str, overwrite: bool) -> pathlib.Path:
-  p = pathlib.Path(out)
+def _check_out(out: str, overwrite: bool) -> epath.Path:
+  p = user_path(out)  # local or gs://
   if p.exists() and not overwrite:
     raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
   return p
 
 
-def _reference_inputs(args: argparse.Namespace, what: str) -> tuple[pathlib.Path, pathlib.Path]:
+def _reference_inputs(args: argparse.Namespace, what: str) -> tuple[epath.Path, epath.Path]:
   """(config, weights) of a released checkpoint (files or an HF folder), both checked to exist,
   then the output checked not to (inputs are reported first)."""
-  from softvq_jax.weights import io
+  from softvq_jax.weights import io as wio
 
-  cfg, weights = io.hf_files(args.config, args.weights)
-  cfg = io.require_file(cfg, f"reference {what} config", "--config")
-  weights = io.require_file(weights, f"reference {what} weights", "--weights")
+  cfg, weights = wio.hf_files(args.config, args.weights)
+  cfg = wio.require_file(cfg, f"reference {what} config", "--config")
+  weights = wio.require_file(weights, f"reference {what} weights", "--weights")
   _check_out(args.out, args.overwrite)
   return cfg, weights
 
@@ -73,23 +76,23 @@ def _load_model_dir(path: str):
     raise UserError(str(e)) from e
 
 
-def _save_model(out: str, tree, config: dict, overwrite: bool) -> pathlib.Path:
+def _save_model(out: str, tree, config: dict, overwrite: bool) -> epath.Path:
   from softvq_jax import checkpointing
 
   _check_out(out, overwrite)
   return checkpointing.save_model(out, tree, config, overwrite=overwrite)
 
 
-def write_state_dict(state_dict: dict, out: pathlib.Path) -> None:
+def write_state_dict(state_dict: dict, out: epath.Path) -> None:
   """A reference-layout state dict as .safetensors / .npz, or (torch installed) .pt/.pth/.bin."""
-  from softvq_jax.weights import io
+  from softvq_jax.weights import io as wio
 
   suffix = out.suffix.lower()
   if suffix == ".safetensors":
-    io.save_safetensors(state_dict, out)
+    wio.save_safetensors(state_dict, out)
   elif suffix == ".npz":
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **state_dict)
+    with atomic_open(out) as f:
+      np.savez(f, **state_dict)
   elif suffix in (".pt", ".pth", ".bin"):
     try:
       import torch
@@ -98,13 +101,15 @@ def write_state_dict(state_dict: dict, out: pathlib.Path) -> None:
         f"{out}: writing a torch file needs torch; write .safetensors instead (PyTorch reads it "
         "with safetensors.torch.load_file)"
       ) from e
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, str(out))
+    buf = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, buf)
+    with atomic_open(out) as f:
+      f.write(buf.getvalue())
   else:
     raise UserError(f"{out}: unknown output format {suffix!r}; use .safetensors, .npz or .pt")
 
 
-def main_tokenizer(args: argparse.Namespace) -> pathlib.Path:
+def main_tokenizer(args: argparse.Namespace) -> epath.Path:
   """Reference config.json + weights -> an exported model dir (params + config.json)."""
   from softvq_jax import checkpointing
   from softvq_jax.weights.tokenizer import load_reference_tokenizer
@@ -116,7 +121,7 @@ def main_tokenizer(args: argparse.Namespace) -> pathlib.Path:
   return out
 
 
-def main_tokenizer_to_reference(args: argparse.Namespace) -> pathlib.Path:
+def main_tokenizer_to_reference(args: argparse.Namespace) -> epath.Path:
   """Exported model dir -> reference safetensors + config.json beside it."""
   from softvq_jax.weights.reference_config import model_to_reference_config
   from softvq_jax.weights.tokenizer import tokenizer_to_reference
@@ -134,7 +139,8 @@ def main_tokenizer_to_reference(args: argparse.Namespace) -> pathlib.Path:
   out = _check_out(args.out, args.overwrite)
   write_state_dict(tokenizer_to_reference(params, ref_config), out)
   cfg_out = out.parent / "config.json"
-  cfg_out.write_text(json.dumps(ref_config, indent=2))
+  with atomic_open(cfg_out, "w") as f:
+    f.write(json.dumps(ref_config, indent=2))
   print(f"wrote {out} and {cfg_out}")
   return out
 
@@ -161,14 +167,15 @@ def add_sit_arguments(p: argparse.ArgumentParser) -> None:
   )
 
 
-def main_sit(args: argparse.Namespace) -> pathlib.Path:
+def main_sit(args: argparse.Namespace) -> epath.Path:
   """Reference config.json + weights -> model dir (params + config.json with `model`)."""
-  from softvq_jax.weights import checks, io
+  from softvq_jax.weights import checks
+  from softvq_jax.weights import io as wio
 
   cfg_path, w_path = _reference_inputs(args, "SiT")
   ref_config = checks.read_config(cfg_path, "reference SiT config", "--config")
   sit.model_from_reference_config(ref_config, args.kind)  # config errors first, naming its file
-  state_dict = io.load_state_dict(w_path, "reference SiT weights", "--weights")
+  state_dict = wio.load_state_dict(w_path, "reference SiT weights", "--weights")
   model, params = sit.sit_from_reference(ref_config, state_dict, args.kind)
   config = {"model": sit.generator_config(model), "reference_config": dict(ref_config)}
   out = _save_model(args.out, params, config, args.overwrite)
@@ -182,7 +189,7 @@ def load_generator_params(path: str, step: int | None = None, raw: bool = False)
   from softvq_jax import checkpointing
   from softvq_jax.models.sit import generator_from_train_config
 
-  p = pathlib.Path(path)
+  p = user_path(path)
   if (p / "config.json").is_file() and (p / "params").exists():
     params, config = _load_model_dir(p)
     m = config.get("model", {})
@@ -213,7 +220,7 @@ def load_generator_params(path: str, step: int | None = None, raw: bool = False)
   return model, params, config
 
 
-def main_sit_to_reference(args: argparse.Namespace) -> pathlib.Path:
+def main_sit_to_reference(args: argparse.Namespace) -> epath.Path:
   """Generator model dir / training workdir -> reference SiT/DiT state dict + HF config.json."""
   model, params, config = load_generator_params(args.checkpoint, args.step, args.raw)
   out = _check_out(args.out, args.overwrite)
@@ -222,7 +229,8 @@ def main_sit_to_reference(args: argparse.Namespace) -> pathlib.Path:
     ref_config = sit.reference_config(model)  # trained here (or re-typed): from the model
   write_state_dict(sit.sit_to_reference(params, model), out)
   cfg_out = out.parent / "config.json"
-  cfg_out.write_text(json.dumps(ref_config, indent=2))
+  with atomic_open(cfg_out, "w") as f:
+    f.write(json.dumps(ref_config, indent=2))
   print(f"wrote {out} and {cfg_out}")
   return out
 
@@ -241,12 +249,13 @@ def add_sit_to_reference_parser(sub) -> None:
   p.set_defaults(func=main_sit_to_reference)
 
 
-def main_dino_disc(args: argparse.Namespace) -> pathlib.Path:
+def main_dino_disc(args: argparse.Namespace) -> epath.Path:
   """Reference DinoDisc weights -> model dir with {"params", "stats"} (see the module docstring)."""
   from softvq_jax.models.frozen.dino import TRUNK_VARIANTS
-  from softvq_jax.weights import dino_disc, io
+  from softvq_jax.weights import dino_disc
+  from softvq_jax.weights import io as wio
 
-  io.require_file(args.weights, dino_disc.WHAT, "--weights")
+  wio.require_file(args.weights, dino_disc.WHAT, "--weights")
   _check_out(args.out, args.overwrite)
   sd = dino_disc.strip_prefix(dino_disc.load_reference_dino_disc(args.weights), args.prefix)
   width = TRUNK_VARIANTS[args.variant][1]
@@ -269,7 +278,7 @@ def main_dino_disc(args: argparse.Namespace) -> pathlib.Path:
   return out
 
 
-def main_dino_disc_to_reference(args: argparse.Namespace) -> pathlib.Path:
+def main_dino_disc_to_reference(args: argparse.Namespace) -> epath.Path:
   """Model dir written by `dino-disc` -> reference DinoDisc state dict (.safetensors)."""
   from softvq_jax.weights import dino_disc
 

@@ -174,18 +174,9 @@ def _data_config():
 
 
 def _settings(is_dit: bool):
-  from softvq_jax.cli.sample import sampler_settings
+  from softvq_jax.cli.sample import settings_from_flags
 
-  return sampler_settings(
-    is_dit,
-    sampler=_SAMPLER.value,
-    steps=_STEPS.value,
-    heun=_HEUN.value,
-    cfg_scale=_CFG.value,
-    cfg_interval=_INTERVAL.value,
-    path=_PATH.value,
-    noise_schedule=_SCHEDULE.value,
-  )
+  return settings_from_flags(is_dit, FLAGS)
 
 
 def check_inputs() -> str:

@@ -13,7 +13,6 @@ one pass), with a progress line. Tokenizer workdirs only: a SiT/DiT workdir is u
 from __future__ import annotations
 
 import json
-import pathlib
 
 import ml_collections
 from absl import flags
@@ -21,6 +20,7 @@ from absl import flags
 from softvq_jax.cli import inputs
 from softvq_jax.utils import cli
 from softvq_jax.utils.errors import UserError
+from softvq_jax.utils.paths import user_path
 
 FLAGS = flags.FlagValues()  # this command's own flags (see utils/cli.py)
 _WORKDIR = flags.DEFINE_string(
@@ -55,7 +55,7 @@ GENERATOR_HINT = (
 def check_inputs(workdir, out, *, overwrite: bool = False) -> None:
   """Refuses, before anything is loaded: a missing workdir, a generator workdir, an existing out."""
   inputs.require(workdir, "tokenizer", "--workdir", GENERATOR_HINT)
-  if pathlib.Path(out).exists() and not overwrite:
+  if user_path(out).exists() and not overwrite:
     raise UserError(f"--out={out} exists; pass --overwrite to replace it")
 
 
@@ -113,14 +113,16 @@ def export(workdir, out, *, step=None, ema=True, stats_images=10_000, fmt="model
     print(f"latent statistics over {n} images: vq_mean={mean:.6g} vq_std={std:.6g}", flush=True)
   if fmt == "model":
     return checkpointing.save_model(out, tok.params, config, overwrite=overwrite)
+  from softvq_jax.utils.files import atomic_open
   from softvq_jax.weights.io import save_safetensors
   from softvq_jax.weights.reference_config import model_to_reference_config
   from softvq_jax.weights.tokenizer import tokenizer_to_reference
 
-  out = pathlib.Path(out)
+  out = user_path(out)  # local or gs://
   ref_config = model_to_reference_config(config)
   save_safetensors(tokenizer_to_reference(tok.params, ref_config), out)
-  (out.parent / "config.json").write_text(json.dumps(ref_config, indent=2))
+  with atomic_open(out.parent / "config.json", "w") as f:
+    f.write(json.dumps(ref_config, indent=2))
   return out
 
 

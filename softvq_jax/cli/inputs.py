@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
+
+from etils import epath
 
 from softvq_jax.utils.errors import UserError
 
@@ -23,7 +24,7 @@ class ModelInfo:
   """role: tokenizer | generator | discriminator | unknown; layout: model dir | workdir |
   released (a Hugging Face folder of the reference code); detail: e.g. sit, dit, softvq."""
 
-  path: pathlib.Path
+  path: epath.Path
   role: str
   layout: str
   detail: str = ""
@@ -33,7 +34,7 @@ class ModelInfo:
     return f"a {what} {self.layout}"
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def _read_json(path: epath.Path) -> dict:
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
@@ -57,7 +58,9 @@ def _role_of(config: dict) -> tuple[str, str]:
 
 def describe(path: str | os.PathLike, flag: str = "--model") -> ModelInfo:
   """The kind of model at `path`; a UserError naming `flag` if it is none (or has no checkpoint)."""
-  p = pathlib.Path(os.path.expanduser(str(path)))
+  from softvq_jax.weights.io import expand_path
+
+  p = expand_path(path)  # local (`~` expanded) or gs://
   shown = f"{flag}={path}"
   if not p.exists():
     raise UserError(f"missing input: {shown} (no such directory)")
@@ -81,7 +84,7 @@ def describe(path: str | os.PathLike, flag: str = "--model") -> ModelInfo:
   if (p / "config.json").is_file() and any(
     (p / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")
   ):
-    text = (p / "config.json").read_text(errors="replace")
+    text = (p / "config.json").read_bytes().decode("utf-8", "replace")
     return ModelInfo(p, "tokenizer" if "codebook" in text else "generator", "released")
   raise UserError(
     f"{shown} is neither an exported model dir (config.json + params/), a training workdir "

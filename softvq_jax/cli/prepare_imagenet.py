@@ -8,8 +8,6 @@ TFDS starts). Equivalent to `tfds build imagenet2012 --file_format=array_record 
 requirements.
 """
 
-import os
-
 from absl import flags
 
 from softvq_jax.data.sources import imagenet
@@ -35,8 +33,10 @@ def check_inputs(name: str, manual_dir: str) -> None:
   """The manual_dir exists and, for ImageNet, holds both tars (every missing one is named)."""
   cli.require_inputs([("--manual_dir", manual_dir, "dir")])
   if name == imagenet.DEFAULT_NAME:
-    d = os.path.expanduser(manual_dir)
-    cli.require_inputs([("--manual_dir", os.path.join(d, t), "file") for t in IMAGENET_TARS])
+    from softvq_jax.weights.io import expand_path
+
+    d = expand_path(manual_dir)
+    cli.require_inputs([("--manual_dir", str(d / t), "file") for t in IMAGENET_TARS])
 
 
 def main(argv):

@@ -18,10 +18,10 @@ crop and its reconstruction side by side. From Python:
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Sequence
 
 from absl import flags
+from etils import epath
 
 from softvq_jax.cli import inputs
 from softvq_jax.utils import cli
@@ -47,20 +47,30 @@ _RAW = flags.DEFINE_bool("raw", False, "Raw instead of EMA params (workdirs).", 
 flags.mark_flags_as_required(["model"], flag_values=FLAGS)
 
 
-def _is_image(p: pathlib.Path) -> bool:
+def _is_image(p: epath.Path) -> bool:
   return p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _images_under(root: epath.Path) -> list[epath.Path]:
+  """The image files anywhere under `root` (epath has no recursive glob on gs://: a walk)."""
+  return [
+    epath.Path(d) / f for d, _, files in root.walk() for f in files if _is_image(epath.Path(f))
+  ]
 
 
 def plan(
   sources: Sequence[str | os.PathLike], out: str | os.PathLike
-) -> list[tuple[pathlib.Path, pathlib.Path]]:
+) -> list[tuple[epath.Path, epath.Path]]:
   """(input, output PNG) pairs; every missing input is named in one UserError.
 
   One image file and an OUT ending in .png: that file. Otherwise OUT is a folder: a file becomes
-  OUT/<stem>.png, a folder's images (recursively) OUT/<relative path>.png.
+  OUT/<stem>.png, a folder's images (recursively) OUT/<relative path>.png. Paths are local
+  (`~` expanded) or gs://, read and written through epath.
   """
-  srcs = [pathlib.Path(os.path.expanduser(str(s))) for s in sources]
-  out = pathlib.Path(os.path.expanduser(str(out)))
+  from softvq_jax.weights.io import expand_path
+
+  srcs = [expand_path(s) for s in sources]
+  out = expand_path(out)
   cli.require_inputs([("", s, "path") for s in srcs])
   if len(srcs) == 1 and srcs[0].is_file() and _is_image(out):
     if out.suffix.lower() != ".png":
@@ -71,7 +81,7 @@ def plan(
   pairs = []
   for s in srcs:
     if s.is_dir():
-      found = sorted(p for p in s.rglob("*") if p.is_file() and _is_image(p))
+      found = sorted(_images_under(s))
       if not found:
         raise UserError(f"{s}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
       pairs += [(p, (out / p.relative_to(s)).with_suffix(".png")) for p in found]
@@ -85,11 +95,11 @@ def plan(
   return pairs
 
 
-def _load(path: pathlib.Path):
+def _load(path: epath.Path):
   from PIL import Image, UnidentifiedImageError
 
   try:
-    with Image.open(path) as im:
+    with path.open("rb") as f, Image.open(f) as im:
       im.load()
       return im.copy()
   except (OSError, UnidentifiedImageError) as e:
@@ -104,7 +114,7 @@ def reconstruct(
   batch_size: int = 8,
   compare: bool = False,
   ema: bool = True,
-) -> list[pathlib.Path]:
+) -> list[epath.Path]:
   """Reconstructs image files / folders into PNGs; returns the written paths.
 
   model: a path (see the module docstring) or a loaded `PretrainedTokenizer`. The images are
@@ -151,7 +161,7 @@ def main(argv: Sequence[str]) -> None:
     compare=_COMPARE.value,
     ema=not _RAW.value,
   )
-  where = written[0] if len(written) == 1 else pathlib.Path(args[-1])
+  where = written[0] if len(written) == 1 else args[-1]
   print(f"reconstructed {len(written)} image{'s' * (len(written) != 1)} into {where}")
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
+from etils import epath
 
 from softvq_jax.cli import inputs
 from softvq_jax.utils import cli
@@ -109,18 +109,13 @@ def sampler_settings(
     raise UserError(f"bad sampler flags: {e}") from None
 
 
-def settings_from_flags(is_dit: bool | None = None):
-  """The SamplerSettings of this command's flags."""
-  return sampler_settings(
-    is_dit,
-    sampler=_SAMPLER.value,
-    steps=_STEPS.value,
-    heun=_HEUN.value,
-    cfg_scale=_CFG.value,
-    cfg_interval=_INTERVAL.value,
-    path=_PATH.value,
-    noise_schedule=_SCHEDULE.value,
-  )
+SAMPLER_FLAGS = ("sampler", "steps", "heun", "cfg_scale", "cfg_interval", "path", "noise_schedule")
+
+
+def settings_from_flags(is_dit: bool | None = None, fv: flags.FlagValues = FLAGS):
+  """The SamplerSettings of the sampler flags of `fv` (this command's, or `evaluate`'s, which
+  defines the same names)."""
+  return sampler_settings(is_dit, **{name: fv[name].value for name in SAMPLER_FLAGS})
 
 
 def check_model_flags() -> str:
@@ -150,20 +145,21 @@ def labels_for(spec: str, num: int, num_classes: int) -> np.ndarray:
   return classes[np.arange(num) % len(classes)]
 
 
-def _sample() -> pathlib.Path:
+def _sample() -> epath.Path:
   """The command on the parsed flags; returns the .npz path."""
   path = check_model_flags()
   settings_from_flags()  # bad values before the models load
   from softvq_jax.evaluation.adm_npz import SampleNpzWriter
   from softvq_jax.sampling import generate as g
   from softvq_jax.utils.images import make_grid, save_png
+  from softvq_jax.weights.io import expand_path
 
   gen = g.load_generator(path, _TOKENIZER.value, ema=not _RAW.value, step=_STEP.value)
   if gen.tokenizer is None:
     raise UserError(f"no tokenizer recorded for the generator {path}: pass --tokenizer=DIR")
   settings = settings_from_flags(gen.is_dit)
   labels = labels_for(_CLASSES.value, _NUM.value, gen.model.num_classes)
-  out = pathlib.Path(_OUT.value)
+  out = expand_path(_OUT.value)  # local or gs://
   out.mkdir(parents=True, exist_ok=True)
   s, num = gen.image_size, _NUM.value
   npz = out / f"samples_{num}x{s}x{s}x3.npz"
@@ -187,7 +183,7 @@ def _sample() -> pathlib.Path:
   return npz
 
 
-def main(argv: Sequence[str] | None = None) -> pathlib.Path:
+def main(argv: Sequence[str] | None = None) -> epath.Path:
   """Runs the command on `argv` (flags only, no program name; default sys.argv[1:]); returns the
   .npz path. Errors raise (UserError for the user's); `python -m` reports them (exit 2)."""
   rest = cli.parse(FLAGS, ["sample", *(sys.argv[1:] if argv is None else argv)])

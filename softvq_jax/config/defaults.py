@@ -167,6 +167,9 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.file_format = ""
+  # imagenet: auto (array_record on local disk, else tfrecord) | array_record | tfrecord (gs://)
+  c.data.reader = "auto"
+  c.data.tfrecord_streams = 16  # tfrecord reader: sequential streams (divide the global batch)
   c.data.random_crop = True
   c.data.random_flip = True
   c.data.min_crop_frac = 0.8  # ADM: crops cover 80-100% of the (resized) short side
@@ -225,6 +228,10 @@ def _add_run_sections(c: ConfigDict, *, save_every: int, keep_every: int) -> Non
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))  # data=-1: all devices not used by fsdp
   # "stop": a non-finite loss/state stops the run (never saved); "skip_step": drop such updates.
   c.nan_policy = "stop"
+  # MFU on the progress line / TensorBoard: peak TFLOP/s per device; 0: from training/flops.py.
+  c.peak_tflops = 0.0
+  # jax.profiler trace of num_steps steps from start_step under <workdir>/profile; 0: off.
+  c.profile = ConfigDict(dict(start_step=0, num_steps=0))
 
 
 def _make_quick(c: ConfigDict, a: ConfigDict) -> None:

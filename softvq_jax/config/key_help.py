@@ -212,8 +212,12 @@ data.manual_dir: imagenet: the ImageNet tars; a first single-process run prepare
 data.tfds_name: imagenet: the TFDS dataset (imagenet2012; any TFDS image dataset in array_record).
 data.train_split: imagenet: the TFDS training split (train).
 data.eval_split: imagenet: the TFDS held-out split (validation).
-data.file_format: imagenet: "" or array_record, the one format with random access; others are
-  refused.
+data.file_format: imagenet: "" (what data.reader picks), array_record (random access) or
+  tfrecord (the tf.data reader); others are refused.
+data.reader: imagenet: auto (array_record on local/mounted disk, else tfrecord) | array_record
+  (random access, POSIX paths) | tfrecord (tf.data streams, local or gs://; training and eval).
+data.tfrecord_streams: tfrecord reader: sequential streams K of shard files (16); must divide the
+  global batch and be divisible by the process count; memory: two shard files per local stream.
 data.random_crop: training crops: ADM random crop (on) or ADM center crop (off).
 data.random_flip: random horizontal flips. T: of the training images (p = 0.5); G: picks the
   cache's flipped latents (on).
@@ -270,4 +274,11 @@ ckpt.restore_step: 0: resume from the newest good checkpoint; N: from step N (ne
 mesh.data: data-parallel mesh axis (params replicated); -1: every device not used by fsdp.
 mesh.fsdp: FSDP mesh axis: large params and optimizer state sharded over it, the batch split too;
   must divide the device count; 1: no sharding.
+
+# performance accounting and profiling
+peak_tflops: peak TFLOP/s of one device for the MFU on the progress line and perf/mfu; 0: bf16
+  dense peak of the device kind (training/flops.py PEAK_TFLOPS; unknown: TFLOP/s only) (0).
+profile.start_step: first step of the jax.profiler trace (<workdir>/profile, TensorBoard's
+  profile tab); 0: the first step run (0).
+profile.num_steps: steps to trace from profile.start_step; 0: no trace (0).
 """

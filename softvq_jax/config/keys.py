@@ -12,7 +12,6 @@ the recipe's value. Nothing here imports jax, so `main.py --print_config` answer
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -67,8 +66,12 @@ def leaves(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 def recipe_defaults(spec: str) -> Any:
   """The config of `path[:arg]` without command-line overrides, loaded as `--config` loads it
   (ml_collections calls `get_config(arg)` when the spec has a colon, `get_config()` otherwise)."""
+  if "://" in spec:  # ml_collections' --config imports a local module, so this does too
+    raise FileNotFoundError(
+      f"config file {spec!r}: configs are local Python files (copy it next to the code)"
+    )
   path, *arg = spec.split(":", 1)
-  module_spec = importlib.util.spec_from_file_location("recipe_config", pathlib.Path(path))
+  module_spec = importlib.util.spec_from_file_location("recipe_config", path)
   if module_spec is None or module_spec.loader is None:
     raise FileNotFoundError(f"cannot load config file {path!r}")
   module = importlib.util.module_from_spec(module_spec)

@@ -11,7 +11,6 @@ fail on impossible arguments when called directly.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -48,6 +47,11 @@ def validate(config: ConfigDict) -> None:
 
   policy = config.get("nan_policy", "stop")
   need(policy in NAN_POLICIES, f"nan_policy={policy!r}; choose one of {NAN_POLICIES}")
+  peak = config.get("peak_tflops", 0.0) or 0.0
+  need(peak >= 0, f"peak_tflops={peak} must be >= 0 (0: from the device kind)")
+  prof = config.get("profile", {})
+  for key in ("start_step", "num_steps"):
+    need(prof.get(key, 0) >= 0, f"profile.{key}={prof.get(key, 0)} must be >= 0")
   restore = config.get("ckpt", {}).get("restore_step", 0)
   need(restore >= 0, f"ckpt.restore_step={restore} must be >= 0 (0: the newest good checkpoint)")
   for key in ("log_every", "eval_every", "image_every"):
@@ -57,6 +61,10 @@ def validate(config: ConfigDict) -> None:
   need(d.name in data.DATASETS, f"data.name={d.name!r}; known: {sorted(data.DATASETS)}")
   mcf = d.get("min_crop_frac", 0.8)
   need(0 < mcf <= 1, f"data.min_crop_frac={mcf} must be in (0, 1]")
+  readers = ("auto", "array_record", "tfrecord")  # data/sources/imagenet.py READERS
+  need(d.get("reader", "auto") in readers, f"data.reader={d.get('reader')!r}; one of {readers}")
+  k = d.get("tfrecord_streams", 16)
+  need(k >= 1, f"data.tfrecord_streams={k} must be >= 1 (and divide the global batch)")
   if d.name == "folder":
     need(bool(d.get("path", "")), "data.name='folder' needs --config.data.path=/path/to/images")
   need(config.mesh.fsdp >= 1, "mesh.fsdp must be >= 1")
@@ -270,7 +278,7 @@ def check_weight_files(config: ConfigDict) -> None:
   """
   from softvq_jax.models.frozen import dino
   from softvq_jax.training import frozen_nets
-  from softvq_jax.weights.io import WeightFileError, require_file
+  from softvq_jax.weights.io import WeightFileError, expand_path, require_file
 
   if config.model.get("encoder_init"):
     require_file(config.model.encoder_init, "DINOv2 encoder weights", "model.encoder_init")
@@ -281,7 +289,7 @@ def check_weight_files(config: ConfigDict) -> None:
       "loss.disc.init_from holds converted reference DinoDisc heads; set loss.disc.name='dino'",
     )
     require_file(
-      pathlib.Path(init_from) / "config.json",
+      expand_path(init_from) / "config.json",
       "converted DINO discriminator heads (python -m softvq_jax.convert dino-disc)",
       "loss.disc.init_from",
     )
@@ -305,7 +313,7 @@ def check_weight_files(config: ConfigDict) -> None:
       path = cfg_at(config, key)
       if key == "loss.lpips_vgg_path" and not path:
         continue
-      if not path or not pathlib.Path(path).expanduser().is_file():
+      if not path or not expand_path(path).is_file():
         missing.append((key, what, path))
   if len(missing) == 1:
     key, what, path = missing[0]

@@ -6,7 +6,8 @@ cache made by `python -m softvq_jax.data.cache_latents`, data.path = the cache d
 or `latents_online` (images of data.image_source = photos|folder|imagenet, with that dataset's
 data.* keys, encoded on the fly by data.tokenizer). data/ holds no model code, so the online
 encoder is built by the generator task (`softvq_jax.training.online_latents`); here its source
-builder gives the images.
+builder gives the images. ImageNet prepared as tfrecord (data.reader; local or gs://) is read
+in order by streams.py for training and evaluation; uses that need random access refuse it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from softvq_jax.data import pipeline
 from softvq_jax.data.pipeline import EvalData, TrainData
+from softvq_jax.utils.errors import UserError
 
 IMAGE_DATASETS = ("photos", "folder", "imagenet")
 LATENT_DATASETS = ("latents", "latents_online")
@@ -47,7 +49,24 @@ def _folder(data_cfg, split, process_count):
 def _imagenet(data_cfg, split, process_count):
   from softvq_jax.data.sources.imagenet import imagenet_sources
 
+  if _streamed(data_cfg, process_count):
+    raise UserError(
+      "this needs random access to ImageNet (latent caching, latents_online), which tfrecord "
+      f"files do not give (data.reader resolves to 'tfrecord' for data.data_dir="
+      f"{data_cfg.get('data_dir', '')!r}). Prepare or convert the dataset as array_record on "
+      "local disk (python -m softvq_jax.data.prepare_imagenet; see the README, Data) and set "
+      "data.reader=array_record; training and evaluation read tfrecord as is."
+    )
   return imagenet_sources(data_cfg, process_count)[SPLITS.index(split)]
+
+
+def _streamed(data_cfg, process_count: int) -> bool:
+  """Whether data_cfg is ImageNet read by the tf.data reader (streams.py)."""
+  if data_cfg.name != "imagenet":
+    return False
+  from softvq_jax.data.sources import imagenet
+
+  return imagenet.reader(data_cfg, process_count) == "tfrecord"
 
 
 def _latents(data_cfg, split, process_count):
@@ -111,8 +130,24 @@ def build_train_data(
   """
   if data_cfg.name == "latents_online":
     raise ValueError(ONLINE_LATENTS_HELP)
-  train = source(data_cfg, "train", process_count)
   kw = batching(data_cfg, global_batch, seed, process_index, process_count)
+  if _streamed(data_cfg, process_count):
+    from softvq_jax.data import streams
+    from softvq_jax.data.sources import tfrecord
+
+    train_data = streams.TfrecordTrainData(
+      tfrecord.splits(data_cfg, process_count)[0],
+      image_size=image_size,
+      streams=data_cfg.get("tfrecord_streams", 16),
+      random_crop=data_cfg.get("random_crop", True),
+      min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
+      uint8=data_cfg.get("uint8_transfer", False),
+      jpeg_draft=data_cfg.get("jpeg_draft", False),
+      **kw,
+    )
+    train_data.check_decodable()
+    return train_data
+  train = source(data_cfg, "train", process_count)
   if data_cfg.name == "latents":
     from softvq_jax.data import latents
 
@@ -140,7 +175,14 @@ def build_eval_data(
   """
   if data_cfg.name == "latents_online":
     raise ValueError(ONLINE_LATENTS_HELP)
-  held_out = source(data_cfg, "eval", process_count)
+  streamed = _streamed(data_cfg, process_count)
+  if streamed:
+    from softvq_jax.data import streams
+    from softvq_jax.data.sources import tfrecord
+
+    held_out = tfrecord.splits(data_cfg, process_count)[1]
+  else:
+    held_out = source(data_cfg, "eval", process_count)
   kw = dict(
     batch_size=batch_size,
     process_index=process_index,
@@ -154,4 +196,8 @@ def build_eval_data(
     num = None if data_cfg.get("eval_path", "") else data_cfg.get("eval_examples", 1000)
     return latents.LatentEvalData(held_out, num=num, **kw)
   views = 1 if data_cfg.name != "photos" else data_cfg.get("eval_crops", 4)
-  return EvalData(held_out, pipeline.eval_views(image_size, views), **kw)
+  if streamed:
+    return streams.TfrecordEvalData(
+      held_out, pipeline.eval_views(image_size, views), image_size=image_size, **kw
+    )
+  return EvalData(held_out, pipeline.eval_views(image_size, views), image_size=image_size, **kw)

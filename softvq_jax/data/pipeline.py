@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from softvq_jax.data import parallel, preprocess
-from softvq_jax.data.skips import SkipLog
+from softvq_jax.data.skips import SkipCounts, SkipLog
+from softvq_jax.data.views import train_view, write_row
 from softvq_jax.utils.errors import UserError
 
 
@@ -64,6 +65,13 @@ def load_example(source, index: int, draft: int | None = None):
 
 # A "view" maps (source image, Generator) -> uint8 (S, S, 3).
 View = Callable[[Image.Image, np.random.Generator], np.ndarray]
+
+
+def local_rows(n: int, local_batch: int, process_index: int, process_count: int) -> np.ndarray:
+  """Items [0, n) in global batches of local_batch * process_count: this process's contiguous
+  rows of each, so the global batches (their rows and order) never depend on the process count."""
+  i = np.arange(n)
+  return i[(i % (local_batch * process_count)) // local_batch == process_index]
 
 
 class ShuffledBatches:
@@ -97,6 +105,7 @@ class ShuffledBatches:
     self.num_workers, self.prefetch = parallel.resolve_workers(num_workers), prefetch
     self._lock = threading.Lock()
     self._perm_cache: dict[int, np.ndarray] = {}
+    self._read = {"samples": 0, "slot_min": global_batch, "slot_max": -1}
 
   num_skipped = 0  # undecodable examples replaced; image pipelines count them (TrainData)
 
@@ -114,9 +123,22 @@ class ShuffledBatches:
       return self._perm_cache[epoch]
 
   def local_samples(self, step: int) -> np.ndarray:
-    """Global sample indices (int64, (B_local,)) of this process's part of step `step`."""
+    """Global sample indices (int64, (B_local,)) of this process's part of step `step` (the
+    examples this process reads for it: counted in `read_counts`)."""
     first = step * self.global_batch + self.process_index * self.local_batch
-    return np.arange(first, first + self.local_batch, dtype=np.int64)
+    samples = np.arange(first, first + self.local_batch, dtype=np.int64)
+    slots = samples % self.global_batch
+    with self._lock:
+      self._read["samples"] += len(samples)
+      self._read["slot_min"] = min(self._read["slot_min"], int(slots.min()))
+      self._read["slot_max"] = max(self._read["slot_max"], int(slots.max()))
+    return samples
+
+  def read_counts(self) -> dict[str, int]:
+    """What this process has read: {"samples": n, "slot_min", "slot_max"}, the slots being
+    positions in the global batch (this process's are [i * B_local, (i + 1) * B_local))."""
+    with self._lock:
+      return dict(self._read)
 
   def example_indices(self, samples: np.ndarray) -> np.ndarray:
     """Global sample indices -> example indices under the per-epoch permutations."""
@@ -144,7 +166,7 @@ class ShuffledBatches:
     return parallel.ParallelBatches(self.plan, start_step, depth=depth, workers=self.num_workers)
 
 
-class TrainData(ShuffledBatches):
+class TrainData(SkipCounts, ShuffledBatches):
   """Infinite, shuffled, augmented batches over an ImageSource (see module docstring)."""
 
   def __init__(
@@ -172,17 +194,6 @@ class TrainData(ShuffledBatches):
     self.uint8 = uint8  # ship uint8 images; preprocess.float_images converts them on device
     self.jpeg_draft = jpeg_draft
     self._skips = SkipLog("training example")
-
-  @property
-  def num_skipped(self) -> int:
-    """Samples served by a replacement because their example was undecodable (this process,
-    since it started; counted when decoded, i.e. up to `prefetch` batches ahead of training)."""
-    return self._skips.num_skipped
-
-  @property
-  def num_bad(self) -> int:
-    """Distinct undecodable examples met so far (each warned about once)."""
-    return self._skips.num_bad
 
   @property
   def location(self) -> str:
@@ -239,24 +250,20 @@ class TrainData(ShuffledBatches):
     first or on which thread.
     """
     epoch, pos = divmod(g, self.num_examples)
-    rng = np.random.default_rng([self.seed, g])
-    s = self.image_size
-    short = preprocess.random_short_side(s, rng, self.min_crop_frac) if self.random_crop else s
-    image, label = self._first_decodable(self._order(epoch), pos, short)
-    if self.random_crop:
-      arr = preprocess.crop_at_short_side(image, s, short, rng)
-    else:
-      arr = preprocess.center_crop_arr(image, s)
-    if self.random_flip and rng.random() < 0.5:
-      arr = arr[:, ::-1]
-    return arr, label
+    order = self._order(epoch)
+    return train_view(
+      g,
+      lambda short: self._first_decodable(order, pos, short),
+      seed=self.seed,
+      image_size=self.image_size,
+      random_crop=self.random_crop,
+      random_flip=self.random_flip,
+      min_crop_frac=self.min_crop_frac,
+    )
 
   def _fill(self, images: np.ndarray, labels: np.ndarray, j: int, g: int) -> None:
     arr, labels[j] = self.sample(g)
-    if images.dtype == np.uint8:
-      images[j] = arr
-    else:
-      preprocess.to_float_into(arr, images[j])
+    write_row(images, j, arr)
 
   def plan(self, step: int) -> parallel.Pending:
     """One task per example of this process's part of step `step`, writing its row."""
@@ -288,12 +295,15 @@ class EvalData:
     process_count: int = 1,
     num_workers: int | None = None,
     prefetch: int = 2,
+    image_size: int | None = None,
   ):
+    """image_size: the views' output size (for `empty_batch`)."""
     if len(source) == 0:
       raise ValueError("the evaluation dataset is empty")
     self.source, self.views, self.batch_size = source, views, batch_size
+    self.image_size = image_size
     items = [(i, v) for i in range(len(source)) for v in range(len(views))]
-    self._items = items[process_index::process_count]
+    self._items = self._local_items(items, process_index, process_count, batch_size)
     self.num_examples = len(items)
     self.num_workers, self.prefetch = parallel.resolve_workers(num_workers), prefetch
     self._skips = SkipLog("evaluation example")
@@ -305,13 +315,33 @@ class EvalData:
     """(image, view) items of this process dropped from each pass (undecodable images)."""
     return len(self._dropped)
 
-  def _example(self, item: tuple[int, int]):
-    """(float32 (S, S, 3), label) of one item, or None when its image is undecodable."""
+  def empty_batch(self) -> dict[str, np.ndarray]:
+    """A batch of padding only (mask all False): what a process without items feeds so that
+    every process runs the same evaluation steps."""
+    if self.image_size is None:
+      raise ValueError("EvalData(image_size=...) is needed for an empty batch")
+    s = self.image_size
+    return {
+      "image": np.zeros((self.batch_size, s, s, 3), np.float32),
+      "label": np.zeros(self.batch_size, np.int32),
+      "mask": np.zeros(self.batch_size, bool),
+    }
+
+  @staticmethod
+  def _local_items(items: list, process_index: int, process_count: int, batch_size: int) -> list:
+    """This process's rows of every global batch (a streamed reader takes a block)."""
+    return [items[i] for i in local_rows(len(items), batch_size, process_index, process_count)]
+
+  def _example(self, item: tuple[int, int], load=None):
+    """(float32 (S, S, 3), label) of one item, or None when its image is undecodable.
+
+    load(index) -> (image, label): default source.load (a streamed reader passes its bytes).
+    """
     index, view = item
     try:
       if self._skips.is_bad(index):
         raise BadImage(self._skips.bad.get(index, ""))
-      image, label = self.source.load(index)
+      image, label = (load or self.source.load)(index)
     except BadImage as e:
       self._skips.record(index, e, skipped=0)
       with self._lock:

@@ -12,6 +12,23 @@ import threading
 from absl import logging
 
 
+class SkipCounts:
+  """`num_skipped` / `num_bad` of a training pipeline that keeps its SkipLog in `_skips`."""
+
+  _skips: SkipLog
+
+  @property
+  def num_skipped(self) -> int:
+    """Samples served by a replacement because their example was undecodable (this process,
+    since it started; counted when decoded, i.e. up to `prefetch` batches ahead of training)."""
+    return self._skips.num_skipped
+
+  @property
+  def num_bad(self) -> int:
+    """Distinct undecodable examples met so far (each warned about once)."""
+    return self._skips.num_bad
+
+
 class SkipLog:
   """Undecodable examples met by one pipeline: one warning per example per run, thread-safe.
 

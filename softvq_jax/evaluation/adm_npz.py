@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pathlib
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
 
 import numpy as np
+from etils import epath
 
-from softvq_jax.utils.files import file_mode
+from softvq_jax.utils.files import atomic_open
+from softvq_jax.utils.paths import is_uri
 
 ARR_KEY = "arr_0"
 LABEL_KEY = "arr_1"
@@ -50,8 +52,10 @@ def _check_labels(labels, n: int, what: str) -> np.ndarray:
 class SampleNpzWriter:
   """Streams uint8 NHWC batches into an ADM sample `.npz` (`arr_0`, optional `arr_1` labels).
 
-  The file appears atomically at `close()` (written to a temporary name in the same folder, then
-  renamed) and only if exactly `num_samples` images were written; a failure leaves no file.
+  The file appears atomically at `close()` and only if exactly `num_samples` images were
+  written; a failure leaves no file. Local paths: a temporary file in the same folder, renamed
+  (utils.files.atomic_open); `gs://`: the zip needs a seekable file, so it is built in a local
+  scratch file and uploaded at `close()`.
   """
 
   def __init__(
@@ -61,7 +65,7 @@ class SampleNpzWriter:
     image_shape: tuple[int, int, int],
     with_labels: bool = False,
   ):
-    self.path = pathlib.Path(path)
+    self.path = epath.Path(path)
     if self.path.suffix != ".npz":
       raise AdmNpzError(f"{self.path}: sample batches must be written to a .npz file")
     if len(image_shape) != 3 or image_shape[-1] != 3:
@@ -71,11 +75,14 @@ class SampleNpzWriter:
     self.with_labels = with_labels
     self.count = 0
     self._labels: list[np.ndarray] = []
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-    os.close(fd)
-    self._tmp = pathlib.Path(tmp)
-    self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    self._stack = contextlib.ExitStack()
+    self._scratch: str | None = None
+    if is_uri(path):
+      fd, self._scratch = tempfile.mkstemp(prefix="softvq_npz_", suffix=".npz")  # local scratch
+      self._file = self._stack.enter_context(os.fdopen(fd, "w+b"))
+    else:
+      self._file = self._stack.enter_context(atomic_open(self.path))
+    self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
     self._member = self._zip.open(f"{ARR_KEY}.npy", "w", force_zip64=True)
     header = {
       "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
@@ -100,7 +107,7 @@ class SampleNpzWriter:
     self._member.write(np.ascontiguousarray(images).tobytes())
     self.count += len(images)
 
-  def close(self) -> pathlib.Path:
+  def close(self) -> epath.Path:
     """Finishes the file; raises (and removes the partial file) if images are missing."""
     try:
       self._member.close()
@@ -110,11 +117,19 @@ class SampleNpzWriter:
         with self._zip.open(f"{LABEL_KEY}.npy", "w", force_zip64=True) as f:
           np.lib.format.write_array(f, np.concatenate(self._labels), allow_pickle=False)
       self._zip.close()
-      os.chmod(self._tmp, file_mode())
-      os.replace(self._tmp, self.path)
+      if self._scratch is not None:
+        self._file.seek(0)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("wb") as out:
+          shutil.copyfileobj(self._file, out, 64 << 20)
+      self._stack.close()  # local: the rename into place
     except BaseException:
       self.abort()
       raise
+    finally:
+      if self._scratch is not None:
+        os.unlink(self._scratch)
+        self._scratch = None
     return self.path
 
   def abort(self) -> None:
@@ -124,7 +139,11 @@ class SampleNpzWriter:
       self._zip.close()
     except Exception:
       pass
-    self._tmp.unlink(missing_ok=True)
+    err = AdmNpzError(f"{self.path}: writing aborted")
+    self._stack.__exit__(AdmNpzError, err, None)  # drops atomic_open's temporary file
+    if self._scratch is not None:
+      os.unlink(self._scratch)
+      self._scratch = None
 
   def __enter__(self) -> SampleNpzWriter:
     return self
@@ -138,25 +157,37 @@ class SampleNpzWriter:
 
 def save_samples_npz(
   path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None
-) -> pathlib.Path:
+) -> epath.Path:
   """Writes uint8 NHWC `images` as an ADM sample batch (`arr_0`; `arr_1` = labels), atomically."""
   images = _check_images(images, str(path))
   with SampleNpzWriter(path, len(images), images.shape[1:], labels is not None) as w:
     w.write(images, labels)
-  return pathlib.Path(path)
+  return epath.Path(path)
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading
 
 
-def _open_zip(path: pathlib.Path) -> zipfile.ZipFile:
+@contextlib.contextmanager
+def _open_zip(path: epath.Path) -> Iterator[zipfile.ZipFile]:
+  """The .npz as a zip, read through epath (local or gs://)."""
   if not path.is_file():
     raise AdmNpzError(f"ADM batch {str(path)!r} not found")
-  try:
-    return zipfile.ZipFile(path, "r")
-  except zipfile.BadZipFile as e:
-    raise AdmNpzError(f"{path}: not a .npz (zip) file: {e}") from e
+  with path.open("rb") as f:
+    try:
+      zf = zipfile.ZipFile(f, "r")
+    except zipfile.BadZipFile as e:
+      raise AdmNpzError(f"{path}: not a .npz (zip) file: {e}") from e
+    with zf:
+      yield zf
+
+
+@contextlib.contextmanager
+def _load(path: epath.Path):
+  """np.load of an .npz through epath (np.load on a string would bypass it)."""
+  with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+    yield data
 
 
 def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype] | None:
@@ -174,7 +205,7 @@ def _keys(zf: zipfile.ZipFile) -> list[str]:
 
 
 @contextlib.contextmanager
-def _open_member(path: pathlib.Path, key: str):
+def _open_member(path: epath.Path, key: str):
   """(stream positioned after the .npy header, header or None) of member `key` of an .npz."""
   with _open_zip(path) as zf:
     if f"{key}.npy" not in zf.namelist():
@@ -185,11 +216,11 @@ def _open_member(path: pathlib.Path, key: str):
 
 def npz_array_info(path: str | os.PathLike, key: str = ARR_KEY) -> tuple[tuple[int, ...], np.dtype]:
   """(shape, dtype) of one array of an `.npz` without reading its data."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   with _open_member(path, key) as (_, header):
     pass
   if header is None:
-    with np.load(path, allow_pickle=False, mmap_mode=None) as data:
+    with _load(path) as data:
       arr = data[key]
     return arr.shape, arr.dtype
   return tuple(header[0]), header[2]
@@ -199,10 +230,10 @@ def iter_npz_batches(
   path: str | os.PathLike, batch_size: int, start: int = 0, key: str = ARR_KEY
 ) -> Iterator[np.ndarray]:
   """Yields consecutive row batches of `key` from row `start` on, streaming from the zip."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   with _open_member(path, key) as (f, header):
     if header is None or header[1] or header[2].hasobject:  # ADM also loads these whole
-      with np.load(path, allow_pickle=False) as data:
+      with _load(path) as data:
         arr = data[key]
       for i in range(start, len(arr), batch_size):
         yield arr[i : i + batch_size]
@@ -223,7 +254,7 @@ def iter_npz_batches(
 class ReferenceBatch:
   """An ADM reference batch: image count/shape (streamed on demand) and optional statistics."""
 
-  path: pathlib.Path
+  path: epath.Path
   num_images: int
   image_shape: tuple[int, ...] | None
   mu: np.ndarray | None = None
@@ -254,7 +285,7 @@ def load_reference_batch(
   `dims` is None, ADM's dimensions (pool 2048, spatial 2023); `arr_0` must be uint8 NHWC. At least
   one of images and statistics is required.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   with _open_zip(path) as zf:
     keys = _keys(zf)
   present = [k for k in STAT_KEYS if k in keys]
@@ -274,7 +305,7 @@ def load_reference_batch(
     num, image_shape = shape[0], tuple(shape[1:])
   ref = ReferenceBatch(path=path, num_images=num, image_shape=image_shape)
   if present:
-    with np.load(path, allow_pickle=False) as data:
+    with _load(path) as data:
       stats = {k: np.asarray(data[k], dtype=np.float64) for k in STAT_KEYS}
     d, d_s = dims if dims is not None else (len(stats["mu"]), len(stats["mu_s"]))
     expected = {"mu": (d,), "sigma": (d, d), "mu_s": (d_s,), "sigma_s": (d_s, d_s)}
@@ -283,6 +314,6 @@ def load_reference_batch(
         raise AdmNpzError(f"{path}: {k!r} has shape {stats[k].shape}, expected {shape}")
     ref = dataclasses.replace(ref, **stats)
   if load_images and num:
-    with np.load(path, allow_pickle=False) as data:
+    with _load(path) as data:
       ref.images = data[ARR_KEY]
   return ref

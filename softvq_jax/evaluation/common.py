@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from softvq_jax.evaluation import adm_npz, features
 from softvq_jax.models.frozen import inception
+from softvq_jax.utils.files import atomic_open
 from softvq_jax.weights import inception as inception_weights
 
 # Below this many samples an FID is dominated by its bias (ADM and the paper use 50,000); below
@@ -207,16 +207,15 @@ def plain(x):
 
 
 def remove_state(*paths: str | os.PathLike | None) -> None:
-  """Deletes resume state (files or folders) once a run has finished; the results stay."""
-  import shutil
-
+  """Deletes resume state (files or folders, local or gs://) once a run has finished; the
+  results stay."""
   for p in paths:
     if p is None:
       continue
-    p = pathlib.Path(p)
+    p = epath.Path(p)
     if p.is_dir():
-      shutil.rmtree(p, ignore_errors=True)
-    else:
+      p.rmtree(missing_ok=True)
+    elif p.exists():
       p.unlink(missing_ok=True)
 
 
@@ -231,26 +230,18 @@ def _json_safe(x):
     return _json_safe(x.item())
   if isinstance(x, float) and not math.isfinite(x):
     return str(x)  # strict JSON has no inf/nan
-  if isinstance(x, pathlib.Path):
-    return str(x)
+  if isinstance(x, os.PathLike):
+    return os.fspath(x)
   return x
 
 
-def write_json(path: str | os.PathLike, data: Mapping) -> pathlib.Path:
-  """Writes `data` as indented strict JSON, atomically (non-finite floats become strings)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(_json_safe(data), f, indent=2, allow_nan=False)
-      f.write("\n")
-    os.chmod(tmp, adm_npz.file_mode())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+def write_json(path: str | os.PathLike, data: Mapping) -> epath.Path:
+  """Writes `data` as indented strict JSON, atomically, local or gs:// (non-finite floats become
+  strings)."""
+  with atomic_open(path, "w") as f:
+    json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+    f.write("\n")
+  return epath.Path(path)
 
 
 def device_description() -> str:

@@ -12,17 +12,18 @@ Multi-host: every process extracts its own contiguous share, then `merge_across_
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from softvq_jax import sharding
 from softvq_jax.evaluation import metrics
 from softvq_jax.utils.files import save_npz_atomic
+from softvq_jax.utils.paths import is_uri
 
 MESH_AXIS = sharding.LOCAL_AXIS
 
@@ -33,7 +34,8 @@ class FeatureAccumulator:
   stats: names whose (mu, sigma) are accumulated, e.g. ("pool", "spatial").
   keep: names whose rows are stored as float32, e.g. ("logits",) for IS, plus "pool" for
     precision/recall. With `memmap_dir` (and `capacity`, the maximum number of rows) they go to
-    `<memmap_dir>/<name>.f32` files instead of memory.
+    `<memmap_dir>/<name>.f32` files instead of memory (a local folder: memmaps need a local
+    file system).
   """
 
   def __init__(
@@ -45,7 +47,9 @@ class FeatureAccumulator:
   ):
     self.stats = tuple(stats)
     self.keep = tuple(keep)
-    self.memmap_dir = pathlib.Path(memmap_dir) if memmap_dir is not None else None
+    if memmap_dir is not None and is_uri(memmap_dir):
+      raise ValueError(f"memmap_dir must be a local folder, not {memmap_dir}")
+    self.memmap_dir = epath.Path(memmap_dir) if memmap_dir is not None else None
     if self.memmap_dir is not None and not capacity:
       raise ValueError("memmap storage needs `capacity` (the number of rows to reserve)")
     self.capacity = capacity
@@ -62,7 +66,8 @@ class FeatureAccumulator:
     if name not in self._mm:
       path = self.memmap_dir / f"{name}.f32"
       self.memmap_dir.mkdir(parents=True, exist_ok=True)
-      self._mm[name] = np.memmap(path, np.float32, mode, shape=(self.capacity, dim))
+      # a local file (URIs are refused in __init__): numpy maps it itself
+      self._mm[name] = np.memmap(os.fspath(path), np.float32, mode, shape=(self.capacity, dim))
     return self._mm[name]
 
   def update(self, features: Mapping[str, np.ndarray]) -> None:
@@ -173,7 +178,7 @@ class FeatureAccumulator:
         if self.count:
           if not path.is_file():
             raise FileNotFoundError(f"memmap rows {path} of the saved state are missing")
-          dim = path.stat().st_size // (4 * self.capacity)
+          dim = path.stat().length // (4 * self.capacity)
           self._memmap(k, dim, "r+")
       else:
         rows = np.asarray(sd.get(f"rows/{k}", np.zeros((0, 0))), np.float32)
@@ -186,7 +191,7 @@ class FeatureAccumulator:
     save_npz_atomic(path, self.state_dict())
 
   def load(self, path: str | os.PathLike) -> None:
-    with np.load(path, allow_pickle=False) as data:
+    with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
       self.load_state_dict({k: data[k] for k in data.files})
 
   def merge(self, other: FeatureAccumulator) -> None:
@@ -286,7 +291,7 @@ def extract_features(
   state_path: if it exists it is loaded first; the state is saved there every `save_every`
     batches and at the end.
   """
-  if state_path is not None and pathlib.Path(state_path).is_file():
+  if state_path is not None and epath.Path(state_path).is_file():
     accumulator.load(state_path)
   start = accumulator.count
   if callable(batches):

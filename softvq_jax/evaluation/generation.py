@@ -14,14 +14,15 @@ Several processes each generate a contiguous share of the sample indices.
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from softvq_jax.evaluation import adm_npz, common, features
+from softvq_jax.utils.paths import is_uri, user_path
 
 FeatureFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
@@ -43,7 +44,7 @@ def process_range(num: int, process_index: int, process_count: int) -> tuple[int
 def reference_features(
   ref: adm_npz.ReferenceBatch,
   feature_fn: FeatureFn,
-  out_dir: pathlib.Path,
+  out_dir: epath.Path,
   batch_size: int,
   need_rows: bool,
 ) -> features.FeatureAccumulator | None:
@@ -82,11 +83,11 @@ def generate_and_extract(
   hi: int,
   feature_fn: FeatureFn,
   acc: features.FeatureAccumulator,
-  parts_dir: pathlib.Path,
+  parts_dir: epath.Path,
   *,
   part_size: int,
   progress: common.Progress | None = None,
-) -> list[pathlib.Path]:
+) -> list[epath.Path]:
   """Samples [lo, hi) part by part: part file, features, state; resumes after the last state.
 
   make_batches(start) yields uint8 (b, S, S, 3) batches of the samples start, start + 1, ...,
@@ -127,12 +128,12 @@ def generate_and_extract(
 
 
 def assemble_npz(
-  parts: list[pathlib.Path], path: pathlib.Path, num: int, image_shape: tuple[int, int, int]
-) -> pathlib.Path:
+  parts: list[epath.Path], path: epath.Path, num: int, image_shape: tuple[int, int, int]
+) -> epath.Path:
   """Streams the part files into one ADM sample batch (arr_0 images, arr_1 labels)."""
   with adm_npz.SampleNpzWriter(path, num, image_shape, with_labels=True) as w:
     for part in parts:
-      with np.load(part, allow_pickle=False) as d:
+      with epath.Path(part).open("rb") as f, np.load(f, allow_pickle=False) as d:
         w.write(d["arr_0"], d["arr_1"])
   return path
 
@@ -161,7 +162,7 @@ def evaluate_sample_stream(
   summary. `feature_fn` replaces the Inception (tests; the reference statistics' dimensions are
   then not checked against ADM's 2048 / 2023).
   """
-  out_dir = pathlib.Path(out_dir)
+  out_dir = user_path(out_dir)
   pi, pc = jax.process_index(), jax.process_count()
   num_samples = len(labels)
   if feature_fn is None:
@@ -182,7 +183,8 @@ def evaluate_sample_stream(
   parts_dir = out_dir / "parts"
   parts_dir.mkdir(parents=True, exist_ok=True)
   keep = ("logits", "pool") if precision_recall and ref is not None else ("logits",)
-  rows_dir = parts_dir / f"rows_{lo:08d}_{hi:08d}"
+  # kept rows: a memmap next to the parts locally; in memory (saved with the state) on gs://
+  rows_dir = None if is_uri(out_dir) else parts_dir / f"rows_{lo:08d}_{hi:08d}"
   acc = features.FeatureAccumulator(
     ("pool", "spatial"), keep, memmap_dir=rows_dir, capacity=hi - lo
   )
@@ -354,7 +356,7 @@ def evaluate_generation(
   )
 
 
-def _complete(path: pathlib.Path, num: int) -> bool:
+def _complete(path: epath.Path, num: int) -> bool:
   if not path.is_file():
     return False
   shape, dtype = adm_npz.npz_array_info(path)

@@ -12,13 +12,13 @@ run resumes where it stopped.
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from softvq_jax.evaluation import common, features, image_metrics, metrics
 from softvq_jax.utils.files import save_npz_atomic
@@ -127,7 +127,7 @@ class ReconstructionState:
     save_npz_atomic(path, self.state_dict())
 
   def load(self, path: str | os.PathLike) -> None:
-    with np.load(path, allow_pickle=False) as data:
+    with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
       self.load_state_dict({k: data[k] for k in data.files})
 
 
@@ -151,7 +151,7 @@ def run_reconstruction(
   max_images: this process's image limit. on_batch(originals, reconstructions) sees the kept
     uint8 rows of every batch (e.g. to write them to an ADM npz).
   """
-  if state_path is not None and pathlib.Path(state_path).is_file():
+  if state_path is not None and epath.Path(state_path).is_file():
     state.load(state_path)
     if progress is not None:
       print(f"resuming evaluation after {state.count} images ({state_path})", flush=True)

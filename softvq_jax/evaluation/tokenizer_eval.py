@@ -8,7 +8,6 @@ the comparison grid and optionally the reconstructions as an ADM `.npz`.
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from softvq_jax.evaluation.reconstruction import (
   summarize,
   tokenizer_round_trip,
 )
+from softvq_jax.utils.paths import user_path
 
 
 def lpips_components(vgg_path: str | None, lin_path: str | None):
@@ -101,7 +101,7 @@ def evaluate_tokenizer(
   from softvq_jax.utils import images as image_utils
   from softvq_jax.weights import pretrained
 
-  out_dir = pathlib.Path(out_dir)
+  out_dir = user_path(out_dir)
   pi, pc = jax.process_index(), jax.process_count()
   comparable, inc_params = False, None
   if feature_fn is None and (inception_path or not inception_random_init):

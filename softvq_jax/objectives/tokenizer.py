@@ -104,23 +104,32 @@ def _need(value, what: str, why: str):
 
 
 def nll_terms(
-  obj: TokenizerObjective, x: jax.Array, x_rec: jax.Array, step, lpips_params: Any = None
+  obj: TokenizerObjective,
+  x: jax.Array,
+  x_rec: jax.Array,
+  step,
+  lpips_params: Any = None,
+  lpips_feats: Any = None,
 ) -> list[Term]:
   """The reconstruction terms: rec_loss (rec_weight) and, if on, perceptual_loss (w_p(step)).
 
   Their weighted sum is what the adaptive GAN weight balances g_adv against (`nll_loss`).
+  `lpips_feats`: `perceptual.real_features(lpips_params, x)` if already computed (else here).
   """
   terms = [("rec_loss", obj.rec_weight, reconstruction_loss(x, x_rec, obj.rec_type))]
   if obj.use_lpips:
     params = _need(lpips_params, "lpips_params", "perceptual_weight > 0")
+    if lpips_feats is None:
+      lpips_feats = perceptual.real_features(params, x)
     w_p = perceptual.perceptual_weight_at(step, obj.perceptual_weight, obj.perceptual_warmup)
-    terms.append(("perceptual_loss", w_p, perceptual.lpips_loss(params, x, x_rec)))
+    p_loss = perceptual.lpips_loss(params, x, x_rec, x_feats=lpips_feats)
+    terms.append(("perceptual_loss", w_p, p_loss))
   return terms
 
 
-def nll_loss(obj, x, x_rec, step, lpips_params=None) -> jax.Array:
+def nll_loss(obj, x, x_rec, step, lpips_params=None, lpips_feats=None) -> jax.Array:
   """rec_weight * rec + w_p(step) * LPIPS, a float32 scalar."""
-  return weighted_sum(nll_terms(obj, x, x_rec, step, lpips_params))
+  return weighted_sum(nll_terms(obj, x, x_rec, step, lpips_params, lpips_feats))
 
 
 def generator_loss(
@@ -131,6 +140,7 @@ def generator_loss(
   step: jax.Array | int,
   *,
   lpips_params: Any = None,
+  lpips_feats: Any = None,
   z_proj: jax.Array | None = None,
   teacher: jax.Array | None = None,
   align_key: jax.Array | None = None,
@@ -143,6 +153,7 @@ def generator_loss(
   x, x_rec: (B, H, W, 3) images in [-1, 1]; info: the quantizer's dict ("quantizer_loss",
   optionally "entropy_loss"); step: 1-based. Needed only when the term is on:
     lpips_params  frozen LPIPS pytree {"vgg", "lin"}                 (perceptual_weight > 0)
+    lpips_feats   optional perceptual.real_features(lpips_params, x), reused if given
     z_proj        projector output (B, L or 1, C) from AlignProjector (align_weight > 0)
     teacher       frozen teacher patch features (B, N, C)             (align_weight > 0)
     align_key     PRNG key                                            ('avg_1d_shuffle' only)
@@ -152,7 +163,7 @@ def generator_loss(
   metrics = every term's value by name, the weights in WEIGHT_TAGS, entropy_loss and `loss`;
   aux = {"weights": {name: weight}, "disc_state": D state after the G pass (None without GAN)}.
   """
-  terms = nll_terms(obj, x, x_rec, step, lpips_params)
+  terms = nll_terms(obj, x, x_rec, step, lpips_params, lpips_feats)
   terms.append(("quantizer_loss", 1.0, info["quantizer_loss"]))
   metrics = {}
   if "entropy_loss" in info:
@@ -194,6 +205,7 @@ def adaptive_gan_weight(
   disc: Discriminator,
   adv_key: jax.Array,
   lpips_params: Any = None,
+  lpips_feats: Any = None,
 ) -> jax.Array:
   """||d nll / d W|| / (||d g_adv / d W|| + 1e-4), clamped to [0, 1e4], without gradient.
 
@@ -203,7 +215,7 @@ def adaptive_gan_weight(
   """
 
   def nll_fn(p):
-    return nll_loss(obj, x, reconstruct(p), step, lpips_params)
+    return nll_loss(obj, x, reconstruct(p), step, lpips_params, lpips_feats)
 
   def adv_fn(p):
     return adversarial.generator_adv_loss(

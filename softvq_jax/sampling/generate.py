@@ -14,7 +14,7 @@ depend on the batch size or the device count. Float32 sampler state (see `ode.py
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,6 +30,7 @@ from softvq_jax.sampling.diffusion import diffusion_sample
 from softvq_jax.sampling.ode import ode_sample
 from softvq_jax.sampling.sde import sde_sample
 from softvq_jax.utils.images import to_uint8
+from softvq_jax.utils.paths import expand_path
 
 SAMPLERS = ("ode", "sde", "diffusion")
 
@@ -242,8 +243,8 @@ def _generator_model(config: dict, **model_kw) -> SiT:
 
 
 def load_generator(
-  path: str | pathlib.Path,
-  tokenizer: str | pathlib.Path | Any | None = None,
+  path: str | os.PathLike,
+  tokenizer: str | os.PathLike | Any | None = None,
   *,
   ema: bool = True,
   step: int | None = None,
@@ -259,7 +260,7 @@ def load_generator(
   from softvq_jax import checkpointing
   from softvq_jax.weights import pretrained
 
-  path = pathlib.Path(path)
+  path = expand_path(path)  # local or gs://
   if (path / "config.json").is_file() and (path / "params").exists():
     params, config = checkpointing.load_model(path)
     model = _generator_model(config, dtype=dtype)
@@ -286,9 +287,9 @@ def load_generator(
   m = config.get("model", {})
   tok_path = tokenizer if tokenizer is not None else m.get("tokenizer", "")
   tok = None
-  if isinstance(tok_path, str | pathlib.Path) and str(tok_path):
+  if isinstance(tok_path, str | os.PathLike) and str(tok_path):
     tok = pretrained.load_tokenizer(tok_path)
-  elif tok_path is not None and not isinstance(tok_path, str | pathlib.Path):
+  elif tok_path is not None and not isinstance(tok_path, str | os.PathLike):
     tok = tok_path
   if m.get("vq_std") is not None and "kind" not in m:
     mean, std = float(m["vq_mean"]), float(m["vq_std"])

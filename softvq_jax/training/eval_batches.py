@@ -48,6 +48,8 @@ def global_eval_batches(
     for _ in range(n):
       batch = next(it, None)
       if batch is None:  # this host is out of data: a fully masked batch keeps hosts in step
+        if template is None and hasattr(eval_data, "empty_batch"):
+          template = eval_data.empty_batch()
         if template is None:
           raise RuntimeError("no evaluation example could be read on this process")
         batch = {k: np.zeros_like(v) for k, v in template.items()}

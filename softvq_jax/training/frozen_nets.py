@@ -14,7 +14,6 @@ loaded.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -46,7 +45,10 @@ def needed(config) -> tuple[str, ...]:
 
 
 def _exists(path: str) -> bool:
-  return bool(path) and os.path.isfile(os.path.expanduser(str(path)))
+  """A weight file is there (local, `~` expanded, or gs://)."""
+  from softvq_jax.weights.io import expand_path
+
+  return bool(path) and expand_path(path).is_file()
 
 
 def load(config) -> dict[str, Any]:

@@ -159,7 +159,7 @@ class GeneratorTask(loop.Task):
     train = online_latents.build_train_data(
       config.data, global_batch=config.batch_size, seed=config.seed, **kw
     )
-    ev = online_latents.build_eval_data(config.data, batch_size=config.eval.batch_size, **kw)
+    ev = online_latents.build_eval_data(config.data, batch_size=loop.local_eval_batch(config), **kw)
     return train, ev
 
   # --- pure ---------------------------------------------------------------------------------
@@ -227,7 +227,8 @@ class GeneratorTask(loop.Task):
   # --- host-side ----------------------------------------------------------------------------
   @functools.cached_property
   def _eval_fn(self):
-    def fn(params, batch, key):
+    def fn(params, batch, i):
+      key = jax.random.fold_in(jax.random.key(1234), i)  # fixed per batch; made on every host
       loss, _ = self.per_sample_loss(params, batch, key, train=False)
       mask = batch["mask"].astype(jnp.float32)
       return jnp.sum(loss * mask), jnp.sum(mask)
@@ -242,9 +243,8 @@ class GeneratorTask(loop.Task):
     limit = self.config.eval.num_batches
     batches = eval_batches.global_eval_batches(eval_data, self.mesh, limit=limit)
     for i, b in enumerate(batches):  # each batch read and placed once, equal counts per host
-      key = jax.random.fold_in(jax.random.key(1234), i)
       for prefix, params in runs.items():
-        s, n = self._eval_fn(params, b, key)
+        s, n = self._eval_fn(params, b, np.uint32(i))
         sums[prefix][0] += float(s)
         sums[prefix][1] += float(n)
     return {f"eval/{p}_loss": t / max(c, 1.0) for p, (t, c) in sums.items()}
@@ -261,22 +261,29 @@ class GeneratorTask(loop.Task):
       m.vq_std,
       self._tokenizer.model,
     )
-    return jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
+    seed = self.config.seed
+    # Keys made in the jit from sample indices: a host array reaches every host's devices.
+    return jax.jit(
+      lambda params, tok_params, labels, indices: fn(
+        params, tok_params, labels, generate_lib.sample_keys(seed, indices)
+      ),
+      out_shardings=sharding.replicated(self.mesh),
+    )
 
   def images(self, state, eval_data, step):
     """A grid of EMA samples for the first eval labels, decoded by the tokenizer."""
     if self._tokenizer is None:
       return {}
     n = self.config.eval.num_images_grid
-    first = next(iter(eval_data.iterator()))
+    # The labels of the first global eval batch: the same on every process.
+    first = next(eval_batches.global_eval_batches(eval_data, self.mesh, limit=1))
+    first = sharding.to_host({"label": first["label"], "mask": first["mask"]})
     labels = np.asarray(first["label"])[np.asarray(first["mask"], bool)]
     labels = np.resize(labels, n).astype(np.int32) if len(labels) else np.zeros(n, np.int32)
-    rep = sharding.replicated(self.mesh)
     if self._tok_params is None:
-      self._tok_params = jax.device_put(self._tokenizer.params, rep)
-    keys = generate_lib.sample_keys(self.config.seed, np.arange(n))
-    labels, keys = jax.device_put((jnp.asarray(labels), keys), rep)
-    images = self._grid_fn(state.ema_params, self._tok_params, labels, keys)
+      self._tok_params = sharding.replicate(self._tokenizer.params, self.mesh)
+    labels, indices = sharding.replicate((labels, np.arange(n, dtype=np.uint32)), self.mesh)
+    images = self._grid_fn(state.ema_params, self._tok_params, labels, indices)
     return {"samples": image_utils.make_grid(np.asarray(images), ncols=min(8, n))}
 
 

@@ -7,11 +7,9 @@ progress reporting.
 
 from __future__ import annotations
 
-import abc
 import json
 import signal
 import time
-from typing import Any
 
 import jax
 import ml_collections
@@ -20,82 +18,15 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 
-from softvq_jax import checkpointing, data, sharding
+from softvq_jax import checkpointing, sharding
 from softvq_jax.data import preprocess
+from softvq_jax.training import flops as flops_lib
 from softvq_jax.training import guards, optim, signals
 from softvq_jax.training import workdir as workdir_lib
 from softvq_jax.training.progress import Progress
-from softvq_jax.training.train_state import TrainState
+from softvq_jax.training.task import Task, local_eval_batch  # noqa: F401 -- loop.Task for trainers
 from softvq_jax.utils import images as image_utils
-from softvq_jax.utils import paths
-
-
-class Task(abc.ABC):
-  """What a trainer plugs into the loop. Pure functions must not close over device arrays."""
-
-  def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    total_steps: int,
-    warmup_steps: int,
-  ):
-    self.config = config
-    self.mesh = mesh
-    self.total_steps = total_steps
-    self.warmup_steps = warmup_steps
-
-  @classmethod
-  def build_data(cls, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
-    """(train data, eval data) of this process for `config.data` (see data.build_train_data).
-
-    A classmethod: the loop builds the data before the task (the step count depends on the
-    training set's size). Tasks that build their own data override it.
-    """
-    kw = dict(
-      image_size=config.model.image_size,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-    train = data.build_train_data(
-      config.data, global_batch=config.batch_size, seed=config.seed, **kw
-    )
-    return train, data.build_eval_data(config.data, batch_size=config.eval.batch_size, **kw)
-
-  @abc.abstractmethod
-  def init_state(self, rng: jax.Array) -> TrainState:
-    """Fresh state from a key (pure: traced by eval_shape and jit)."""
-
-  def post_init(self, state: TrainState) -> TrainState:
-    """Host-side changes to a fresh (not resumed) state, e.g. loading pretrained weights."""
-    return state
-
-  def frozen_params(self) -> Any:
-    """Frozen networks' weights (teachers, LPIPS, the tokenizer for generators), or None.
-
-    Passed to every step as a jit argument (replicated), never closed over or checkpointed.
-    """
-    return None
-
-  @abc.abstractmethod
-  def train_step(self, state: TrainState, batch: dict, frozen: Any) -> tuple[TrainState, dict]:
-    """One optimisation step (pure). Metrics: f32 scalars; keys ending in `_counts` are summed."""
-
-  def sharding_rules(self) -> list:
-    """(regex, PartitionSpec) overrides for the state's sharding."""
-    return []
-
-  def evaluate(self, state: TrainState, eval_data, step: int) -> dict[str, float]:
-    """Host-side evaluation; returns scalars to log."""
-    return {}
-
-  def images(self, state: TrainState, eval_data, step: int) -> dict[str, np.ndarray]:
-    """Named uint8 (H, W, 3) grids to write as PNG and TensorBoard images."""
-    return {}
-
-  def window_metrics(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-    """Scalars derived from metrics summed over a logging window (e.g. codebook usage)."""
-    return {}
+from softvq_jax.utils import paths, profiling
 
 
 def _reduce(history: list[dict]) -> tuple[dict[str, float], dict[str, np.ndarray], list[float]]:
@@ -219,7 +150,7 @@ def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> 
   policy = config.get("nan_policy", "stop")
   step_core = task.train_step if policy == "stop" else guards.skip_nonfinite(task.train_step)
   batch_sharding = sharding.batch_sharding(mesh)
-  frozen = jax.device_put(task.frozen_params(), sharding.replicated(mesh))
+  frozen = sharding.replicate(task.frozen_params(), mesh)
   step_fn = jax.jit(
     # uint8 batches (data.uint8_transfer) become [-1, 1] floats on device, inside the step.
     lambda state, batch, frozen: step_core(state, preprocess.float_images(batch), frozen),
@@ -232,6 +163,10 @@ def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> 
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   progress = Progress(total_steps, start_step, config.batch_size)
+  prof = config.get("profile", {})
+  profiler = profiling.StepProfiler(
+    workdir / "profile", prof.get("start_step", 0), prof.get("num_steps", 0), enabled=is_main
+  )
   history, evals = [], _EvalHistory(workdir)
 
   def save(step, force=False):
@@ -275,10 +210,21 @@ def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> 
   last_step = min(total_steps, config.get("stop_after", 0) or total_steps)
   t0 = time.time()
   try:
+    first_batch = sharding.global_batch(next(batches), mesh) if start_step < last_step else None
+    with progress.excluded():
+      # Compiled once, here, so that its cost analysis gives the FLOPs of a step (MFU); the
+      # loop calls this executable (no second compilation).
+      compiled, perf = _compile(step_fn, (state, first_batch, frozen), config)
+    progress.set_perf(**perf)
     for step in range(start_step + 1, last_step + 1):
+      profiler.before(step, state)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch = sharding.global_batch(next(batches), mesh)
-        state, metrics = step_fn(state, batch, frozen)
+        if first_batch is not None:
+          batch, first_batch = first_batch, None
+        else:
+          batch = sharding.global_batch(next(batches), mesh)
+        state, metrics = compiled(state, batch, frozen)
+      profiler.after(step, state)
       history.append(metrics)
       ckpt.check_for_errors()  # a failed asynchronous write surfaces here, at the next step
       signum = stop.requested() or (signals.PREEMPTED if ckpt.reached_preemption(step) else None)
@@ -302,18 +248,51 @@ def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> 
       save(step, force=True)
     ckpt.close()
   finally:
+    profiler.close()
     batches.close() if hasattr(batches, "close") else None
     try:
       writer.flush()
     except Exception as e:  # noqa: BLE001 -- e.g. a full disk: keep the error that stopped us
       logging.warning("could not flush the summaries in %s: %s", workdir, e)
   logging.info("Done %d steps in %.1fs", step - start_step, time.time() - t0)
+  if hasattr(train_data, "read_counts"):  # each process reads only its slice of every batch
+    logging.info(
+      "input: process %d/%d read %s",
+      jax.process_index(),
+      jax.process_count(),
+      " ".join(f"{k}={v}" for k, v in train_data.read_counts().items()),
+    )
   summary = _summary(evals.read(), total_steps)
   summary["data_skipped"] = int(getattr(train_data, "num_skipped", 0))  # replaced train samples
   summary["eval_skipped"] = int(getattr(eval_data, "num_skipped", 0))  # items left out per pass
   if is_main:
     (workdir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _compile(step_fn, args, config):
+  """(callable step, Progress' perf kwargs): the step compiled once, and its FLOPs and peak.
+
+  FLOPs are per device (XLA's cost analysis of the partitioned module), x grad_accum_steps
+  since a scan body is counted once. Without a batch (nothing left to train) the jitted step.
+  """
+  if args[1] is None:
+    return step_fn, {}
+  t = time.perf_counter()
+  compiled = step_fn.lower(*args).compile()
+  step_flops = flops_lib.compiled_flops(compiled)
+  if step_flops:
+    step_flops *= max(int(config.optim.get("grad_accum_steps", 1) or 1), 1)
+  kind = jax.devices()[0].device_kind
+  peak = flops_lib.peak_tflops(kind, float(config.get("peak_tflops", 0.0) or 0.0))
+  logging.info(
+    "train step compiled in %.1fs: %s per device per step, peak %s (%s)",
+    time.perf_counter() - t,
+    f"{step_flops / 1e9:.4g} GFLOP" if step_flops else "FLOPs unknown",
+    f"{peak:g} TFLOP/s" if peak else "unknown (set config.peak_tflops for MFU)",
+    kind,
+  )
+  return compiled, {"step_flops": step_flops, "peak_tflops": peak}
 
 
 def _stopped_message(signum: int, step: int, ckpt) -> str:

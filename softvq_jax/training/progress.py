@@ -1,8 +1,10 @@
-"""Progress: one steady line per log window and the steps/s, images/s scalars.
+"""Progress: one steady line per log window and the steps/s, images/s (and MFU) scalars.
 
 Rates are measured between log windows, which are sync points (the window's metrics are fetched
-from the device), with evaluation, image and checkpoint time excluded, so they do not alternate
-between "compute queued" and "compute done" the way timers between asynchronous steps do.
+from the device), with evaluation, image, checkpoint and compilation time excluded, so they do
+not alternate between "compute queued" and "compute done" the way timers between asynchronous
+steps do. Given the per-device FLOPs of a step (training/flops.py), each window also reports
+model TFLOP/s per device and, with a known peak, MFU (`perf/tflops_per_device`, `perf/mfu`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 import time
 
 from absl import logging
+
+from softvq_jax.training import flops as flops_lib
 
 
 def _duration(seconds: float) -> str:
@@ -28,6 +32,11 @@ class Progress:
     self._step, self._t, self._excluded = start_step, time.perf_counter(), 0.0
     self._first = True
     self._started = time.perf_counter()
+    self.step_flops, self.peak_tflops = None, None
+
+  def set_perf(self, step_flops: float | None = None, peak_tflops: float | None = None):
+    """Per-device FLOPs of one step and the device's peak TFLOP/s (None: unknown)."""
+    self.step_flops, self.peak_tflops = step_flops, peak_tflops
 
   @contextlib.contextmanager
   def excluded(self):
@@ -46,13 +55,25 @@ class Progress:
     rate = steps / seconds
     eta = (self.total - step) / rate if rate > 0 else float("inf")
     loss = means.get("loss")
+    perf = flops_lib.utilisation(self.step_flops, rate, self.peak_tflops)
     parts = [
       f"step {step}/{self.total} ({100.0 * step / max(self.total, 1):.0f}%)",
       f"loss {loss:.4g}" if loss is not None else None,
       f"{rate:.3g} steps/s, {rate * self.batch:.3g} img/s",
+      _perf_text(perf),
       f"ETA {_duration(eta)}" if step < self.total else f"done in {_duration(now - self._started)}",
-      "(incl. compilation)" if self._first else None,
+      "(incl. warm-up)" if self._first else None,
     ]
     logging.info(" | ".join(p for p in parts if p))
     self._step, self._t, self._excluded, self._first = step, now, 0.0, False
-    return {"steps_per_sec": rate, "images_per_sec": rate * self.batch}
+    return {"steps_per_sec": rate, "images_per_sec": rate * self.batch, **perf}
+
+
+def _perf_text(perf: dict[str, float]) -> str | None:
+  """'12.3 TFLOP/s/device, MFU 4.5%' (MFU only with a known peak)."""
+  if "perf/tflops_per_device" not in perf:
+    return None
+  text = f"{perf['perf/tflops_per_device']:.3g} TFLOP/s/device"
+  if "perf/mfu" in perf:
+    text += f", MFU {100.0 * perf['perf/mfu']:.3g}%"
+  return text

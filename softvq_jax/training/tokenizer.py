@@ -30,7 +30,7 @@ from softvq_jax.models import discriminators
 from softvq_jax.models.factory import build_tokenizer
 from softvq_jax.models.frozen import dinov2
 from softvq_jax.models.projector import AlignProjector
-from softvq_jax.objectives import adversarial
+from softvq_jax.objectives import adversarial, perceptual
 from softvq_jax.objectives import tokenizer as objective
 from softvq_jax.training import eval_batches, frozen_nets, loop, optim
 from softvq_jax.training import gan as gan_state
@@ -144,10 +144,13 @@ class TokenizerTask(loop.Task):
     k_model, k_adv, k_align = jax.random.split(rng, 3)
     x_rec, info = self._forward(params, x, k_model)
     kw = {"lpips_params": frozen.get("lpips")}
+    if self.objective.use_lpips:  # x's VGG features once, for every LPIPS term of the step
+      kw["lpips_feats"] = perceptual.real_features(kw["lpips_params"], x)
     if self.use_align:
       mode = self.objective.align_mode
       z_proj = self.projector.apply({"params": trainable["align_proj"]}, info["z_q"], mode)
-      teacher = dinov2.teacher_features(frozen["teacher"], x, dtype=self.dtype)
+      attn = self.config.model.get("attn_impl", "") or None
+      teacher = dinov2.teacher_features(frozen["teacher"], x, dtype=self.dtype, attn_impl=attn)
       kw.update(z_proj=z_proj, teacher=teacher, align_key=k_align)
     if disc is not None:
       d = objective.Discriminator(disc_apply, disc["params"], disc["stats"])
@@ -164,6 +167,7 @@ class TokenizerTask(loop.Task):
           disc=d,
           adv_key=k_adv,
           lpips_params=kw["lpips_params"],
+          lpips_feats=kw.get("lpips_feats"),
         )
     loss, (metrics, aux) = objective.generator_loss(self.objective, x, x_rec, info, step, **kw)
     metrics.update({f"quantizer/{k}": v for k, v in info.get("metrics", {}).items()})

@@ -135,18 +135,25 @@ def require_inputs(checks: Iterable[tuple[str, object, str]]) -> None:
   """Raises one UserError listing every missing input, before anything heavy is built.
 
   checks: (flag, path, kind) with kind "file", "dir" or "path" (either); flag "" for a
-  positional argument; empty paths and URIs (gs://...) are skipped.
+  positional argument; empty paths are skipped, and URIs (gs://...) whose storage cannot be
+  asked (no credentials here) are left to the program.
   """
+  from softvq_jax.utils.paths import expand_path
+
   missing = []
   for flag, path, kind in checks:
-    if not path or "://" in str(path):
+    if not path:
       continue
-    p = os.path.expanduser(str(path))
-    ok = {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)(p)
+    p = expand_path(str(path))
+    try:
+      ok = {"file": p.is_file, "dir": p.is_dir}.get(kind, p.exists)()
+      exists = p.exists()
+    except Exception:  # noqa: BLE001 -- e.g. a bucket this machine cannot reach
+      continue
     if not ok:
       what = "no such file" if kind == "file" else "no such directory" if kind == "dir" else ""
       what = what or "does not exist"
-      if os.path.exists(p):
+      if exists:
         what = "not a file" if kind == "file" else "not a directory"
       missing.append(f"{flag + '=' if flag else ''}{path} ({what})")
   if len(missing) == 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from typing import IO
@@ -82,13 +81,26 @@ def make_public(path: str | os.PathLike) -> None:
     os.chmod(q, dir_mode() if q.is_dir() else file_mode())
 
 
-def replace_dir(tmp: pathlib.Path, out: pathlib.Path) -> None:
-  """Moves the finished folder `tmp` to `out`, replacing an existing `out` via a backup rename."""
-  if out.exists():
-    backup = out.with_name(f".{out.name}.old")
-    shutil.rmtree(backup, ignore_errors=True)
+def replace_dir(tmp: epath.Path, out: epath.Path, last: str = "") -> None:
+  """Moves the finished folder `tmp` to `out`, replacing an existing `out`.
+
+  Local: one rename (an existing `out` goes through a backup rename first). On URIs (no atomic
+  folder rename): `out` is replaced file by file, the file named `last` moved last, so a reader
+  that checks for it never sees a partial folder.
+  """
+  tmp, out = epath.Path(tmp), epath.Path(out)
+  if is_uri(out):
+    if out.exists():
+      out.rmtree()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == last):
+      f.rename(out / f.name)
+    tmp.rmtree(missing_ok=True)
+  elif out.exists():
+    backup = out.parent / f".{out.name}.old"
+    backup.rmtree(missing_ok=True)
     out.rename(backup)
     tmp.rename(out)
-    shutil.rmtree(backup, ignore_errors=True)
+    backup.rmtree(missing_ok=True)
   else:
     tmp.rename(out)

@@ -20,3 +20,8 @@ def user_path(path: str | os.PathLike) -> epath.Path:
   """An epath.Path for a user-given path: URIs unchanged, local paths absolute."""
   p = epath.Path(path)
   return p if is_uri(path) else p.absolute()
+
+
+def expand_path(path: str | os.PathLike) -> epath.Path:
+  """`user_path` with `~` expanded (local paths)."""
+  return user_path(epath.Path(path).expanduser())

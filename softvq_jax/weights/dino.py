@@ -63,7 +63,7 @@ def load_dino_params(
   with a warning. Returned arrays are float32 numpy; pass them to the train step as a frozen
   argument (never to an optimizer).
   """
-  if random_init and not (path and os.path.isfile(os.path.expanduser(str(path)))):
+  if random_init and not (path and io.expand_path(path).is_file()):
     logging.warning(
       "DINO discriminator trunk: RANDOM weights (loss.random_init=True, %s=%r not found); "
       "the GAN loss is meaningless for real training",

@@ -96,7 +96,7 @@ def load_teacher_params(
   A missing file raises WeightFileError naming `loss.align.teacher_path`, unless `random_init`
   (`loss.random_init`), which returns random weights of the variant's shapes with a warning.
   """
-  if random_init and not (path and os.path.isfile(os.path.expanduser(str(path)))):
+  if random_init and not (path and io.expand_path(path).is_file()):
     logging.warning(
       "DINOv2 alignment teacher: RANDOM weights (loss.random_init=True, %s=%r not found); "
       "the alignment loss is meaningless for real training",

@@ -1,21 +1,24 @@
 """Reading and writing weight files in their published formats, without torch where possible.
 
 `.safetensors` is read with safetensors' numpy API, `.npz` with numpy; `.pth`/`.pt`/`.bin` (torch
-pickles) need torch, which is optional: the error says how to convert them once.
+pickles) need torch, which is optional: the error says how to convert them once. Every file is
+read and written through `etils.epath`, so weights may live on `gs://` as well as locally.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from softvq_jax.utils.errors import UserError
-from softvq_jax.utils.files import make_public
+from softvq_jax.utils.files import atomic_open
+from softvq_jax.utils.paths import expand_path, user_path  # noqa: F401 -- io.expand_path
 from softvq_jax.weights.checks import FileDict, WeightKeyError
 
 
@@ -23,9 +26,10 @@ class WeightFileError(UserError, FileNotFoundError):
   """A configured weight file is missing or unreadable; the message names the file and the fix."""
 
 
-def require_file(path: str | os.PathLike, what: str, config_key: str | None = None) -> pathlib.Path:
-  """Returns `path` as a Path, or raises WeightFileError naming the file, what it is and the key."""
-  p = pathlib.Path(os.path.expanduser(str(path))) if path else None
+def require_file(path: str | os.PathLike, what: str, config_key: str | None = None) -> epath.Path:
+  """Returns `path` as an epath.Path, or raises WeightFileError naming the file, what it is and
+  the key."""
+  p = expand_path(path) if path else None
   if p is None or not p.is_file():
     where = f" (config key `{config_key}`)" if config_key else ""
     shown = str(path) if path else "<empty path>"
@@ -43,7 +47,7 @@ HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
-def hf_files(config_path, weights_path) -> tuple[pathlib.Path, pathlib.Path]:
+def hf_files(config_path, weights_path) -> tuple[epath.Path, epath.Path]:
   """(config, weights) paths from a converter's --config / --weights.
 
   `weights_path` may be a downloaded Hugging Face repo folder (`huggingface-cli download
@@ -51,7 +55,7 @@ def hf_files(config_path, weights_path) -> tuple[pathlib.Path, pathlib.Path]:
   is taken. An empty `config_path` means the `config.json` beside the weights, as the repos ship
   it. Missing files raise WeightFileError naming the folder and what it holds.
   """
-  w = pathlib.Path(os.path.expanduser(str(weights_path))) if weights_path else None
+  w = expand_path(weights_path) if weights_path else None
   if w is not None and w.is_dir():
     found = next((w / n for n in HF_WEIGHTS if (w / n).is_file()), None)
     if found is None:
@@ -71,7 +75,7 @@ def hf_files(config_path, weights_path) -> tuple[pathlib.Path, pathlib.Path]:
         "the reference config with --config"
       )
     return c, w
-  return pathlib.Path(os.path.expanduser(str(config_path))), w or pathlib.Path(str(weights_path))
+  return expand_path(config_path), w or epath.Path(str(weights_path))
 
 
 # Keys of a torch checkpoint that wrap the state dict, unwrapped in this order. A reference
@@ -96,11 +100,11 @@ def load_state_dict(
   suffix = p.suffix.lower()
   try:
     if suffix == ".safetensors":
-      from safetensors.numpy import load_file
+      from safetensors.numpy import load
 
-      return FileDict.of(load_file(str(p)), p)
+      return FileDict.of(load(p.read_bytes()), p)
     if suffix == ".npz":
-      with np.load(p, allow_pickle=False) as data:
+      with p.open("rb") as f, np.load(f, allow_pickle=False) as data:
         return FileDict.of({k: data[k] for k in data.files}, p)
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
       return FileDict.of(_load_torch(p, wrappers), p)
@@ -141,7 +145,7 @@ def strip_wrapper_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
   return sd
 
 
-def _load_torch(p: pathlib.Path, wrappers: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _load_torch(p: epath.Path, wrappers: tuple[str, ...]) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
@@ -156,7 +160,7 @@ def _load_torch(p: pathlib.Path, wrappers: tuple[str, ...]) -> dict[str, np.ndar
 
   safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
   with safe([argparse.Namespace]) if safe else contextlib.nullcontext():  # training ckpt "args"
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    obj = torch.load(io.BytesIO(p.read_bytes()), map_location="cpu", weights_only=True)
   return {
     k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
     for k, v in unwrap_state_dict(obj, wrappers).items()
@@ -165,13 +169,13 @@ def _load_torch(p: pathlib.Path, wrappers: tuple[str, ...]) -> dict[str, np.ndar
 
 
 def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-  """Writes {key: array} as safetensors (C-contiguous, 0-d arrays kept 0-d), creating folders."""
-  from safetensors.numpy import save_file
+  """Writes {key: array} as safetensors (C-contiguous, 0-d arrays kept 0-d), creating folders,
+  atomically, local or gs://."""
+  from safetensors.numpy import save
 
-  p = pathlib.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  save_file({k: np.require(v, requirements="C") for k, v in state_dict.items()}, str(p))
-  make_public(p)  # safetensors writes 0600
+  data = save({k: np.require(v, requirements="C") for k, v in state_dict.items()})
+  with atomic_open(user_path(path)) as f:
+    f.write(data)
 
 
 # PyTorch -> Flax layout. Linear weight (out, in) -> kernel (in, out); ConvNd O I *K -> *K I O.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
+import os
 from typing import Any
 
 import jax
@@ -20,6 +20,7 @@ import numpy as np
 
 from softvq_jax import checkpointing
 from softvq_jax.models.factory import build_tokenizer
+from softvq_jax.weights.io import expand_path
 
 
 @dataclasses.dataclass
@@ -66,9 +67,9 @@ def _sections(config: dict) -> tuple[ml_collections.ConfigDict, ml_collections.C
   return ml_collections.ConfigDict(config["model"]), ml_collections.ConfigDict(config["quantizer"])
 
 
-def load_tokenizer(path: str | pathlib.Path, *, ema: bool = True, step: int | None = None):
+def load_tokenizer(path: str | os.PathLike, *, ema: bool = True, step: int | None = None):
   """A Tokenizer from an exported model dir, or from a training workdir (EMA params by default)."""
-  path = pathlib.Path(path)
+  path = expand_path(path)
   if (path / "config.json").is_file() and (path / "params").exists():
     params, config = checkpointing.load_model(path)
   elif (path / "checkpoints").is_dir():

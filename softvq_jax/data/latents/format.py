@@ -12,7 +12,8 @@ the reference encodes under bf16 autocast anyway; float32 on request). ArrayReco
 random access by global index (the exact-resume contract: a batch is a pure function of
 (seed, step)) and because `array_record.python.array_record_data_source.ArrayRecordDataSource`
 (what `tfds.data_sources` and grain use) reads the shards as they are; decode a record with
-`decode_records`. Global example index = position in the shards concatenated in order.
+`decode_records`. Global example index = position in the shards concatenated in order. A cache
+may live locally or on `gs://` (paths through `etils.epath`; ArrayRecord reads and writes both).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+from etils import epath
+
+from softvq_jax.utils.files import atomic_open
+from softvq_jax.utils.paths import user_path
 
 INFO_FILE = "cache_info.json"
 PLAN_FILE = "plan.json"
@@ -61,26 +64,19 @@ def stats_name(split: str, k: int) -> str:
   return f"latents-{split}.stats-{k:05d}.json"
 
 
-def incomplete_dir(out: pathlib.Path) -> pathlib.Path:
+def incomplete_dir(out: epath.Path) -> epath.Path:
   """Where a cache is written before it is complete: `<out>.incomplete`."""
   return out.with_name(out.name + INCOMPLETE_SUFFIX)
 
 
-def read_json(path: pathlib.Path) -> Any:
+def read_json(path: epath.Path) -> Any:
   return json.loads(path.read_text())
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """json (indented, sorted keys) written under a temporary name and renamed into place."""
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; caches are often shared
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+def write_json_atomic(path: epath.Path, obj: Any) -> None:
+  """json (indented, sorted keys) that appears whole (utils.files.atomic_open: local or gs://)."""
+  with atomic_open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +195,7 @@ def info_from(plan: dict, stats: list[dict]) -> dict:
   }
 
 
-def _incomplete_message(path: pathlib.Path) -> str:
+def _incomplete_message(path: epath.Path) -> str:
   tmp = incomplete_dir(path)
   if tmp.is_dir():
     done = len(list(tmp.glob("latents-*.stats-*.json")))
@@ -225,7 +221,7 @@ def cache_info(path: str | os.PathLike) -> dict:
     raise IncompleteCacheError(
       f"no latent cache path given: set --config.data.path=/path/to/cache ({CACHE_COMMAND})"
     )
-  path = pathlib.Path(path)
+  path = user_path(path)  # absolute, or a gs:// URI as it is
   info_path = path / INFO_FILE
   if not info_path.is_file():
     raise IncompleteCacheError(_incomplete_message(path))
@@ -236,5 +232,5 @@ def cache_info(path: str | os.PathLike) -> dict:
       f"latent cache {path} lacks {len(missing)} shard file(s), e.g. {missing[0]}; re-create it "
       f"with --overwrite ({CACHE_COMMAND})"
     )
-  info["path"] = str(path.absolute())
+  info["path"] = str(path)
   return info

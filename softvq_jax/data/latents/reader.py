@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from etils import epath
 
 from softvq_jax.data import parallel, pipeline
 from softvq_jax.data.latents import format as fmt
@@ -45,7 +45,7 @@ class LatentSource:
     from array_record.python.array_record_data_source import ArrayRecordDataSource
 
     self.info = fmt.cache_info(path)
-    root = pathlib.Path(self.info["path"])
+    root = epath.Path(self.info["path"])  # local or gs:// (ArrayRecord reads both)
     files = [str(root / s["file"]) for s in self.info["shards"]]
     self._ds = ArrayRecordDataSource(files)
     if len(self._ds) != self.info["num_examples"]:
@@ -116,8 +116,9 @@ class LatentTrainData(pipeline.ShuffledBatches):
 def padded_chunks(
   n: int, batch_size: int, process_index: int, process_count: int
 ) -> list[np.ndarray]:
-  """Strided per-process eval items, padded with -1 to the same number of batches everywhere."""
-  items = np.arange(n)[process_index::process_count]
+  """This process's rows of the global eval batches (`pipeline.local_rows`), padded with -1 to the
+  same number of batches everywhere."""
+  items = pipeline.local_rows(n, batch_size, process_index, process_count)
   per_process = math.ceil(n / process_count)
   num_batches = max(1, math.ceil(per_process / batch_size))
   items = np.concatenate([items, -np.ones(num_batches * batch_size - len(items), np.int64)])

@@ -2,7 +2,8 @@
 
 Everything goes to `<out>.incomplete/`: each shard is written under a temporary name and renamed,
 and its stats file marks it complete (an interrupted encode resumes by skipping complete shards);
-when all shards exist `cache_info.json` is written and the folder is renamed to `<out>`.
+when all shards exist `cache_info.json` is written and the folder is renamed to `<out>` (on
+`gs://`, where folders cannot be renamed, its files are moved one by one, cache_info.json last).
 Multi-process: the shards are split contiguously over processes (each encodes its own example
 range on its local devices and writes its own files, on a shared filesystem); process 0 finalizes
 after a barrier.
@@ -17,19 +18,19 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pathlib
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from softvq_jax.data import parallel, pipeline, preprocess
 from softvq_jax.data.latents import format as fmt
 from softvq_jax.data.skips import SkipLog
 from softvq_jax.utils.files import replace_dir
+from softvq_jax.utils.paths import user_path
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]  # uint8 (n, S, S, 3) -> z_q (n, L, D)
 
@@ -121,7 +122,7 @@ class _Progress:
 Chunk = tuple[np.ndarray, np.ndarray, int]  # z (n, 2, L, D) in the cache dtype, labels, skipped
 
 
-def _write_shard(tmp: pathlib.Path, plan: dict, k: int, chunks: Iterable[Chunk]) -> None:
+def _write_shard(tmp: epath.Path, plan: dict, k: int, chunks: Iterable[Chunk]) -> None:
   """Shard k of `plan` from its chunks: records + float64 stats; complete once its stats exist."""
   from array_record.python import array_record_module
 
@@ -142,7 +143,7 @@ def _write_shard(tmp: pathlib.Path, plan: dict, k: int, chunks: Iterable[Chunk])
   finally:
     getattr(chunks, "close", lambda: None)()
     writer.close()
-  os.replace(part, tmp / name)
+  part.replace(tmp / name)
   stats = {"num_records": count, "num_skipped": skipped, "sum": total, "sum_sq": total_sq}
   fmt.write_json_atomic(tmp / fmt.stats_name(split, k), dict(stats, file=name, range=[lo, hi]))
 
@@ -173,12 +174,12 @@ def _encoded_chunks(
     it.close()
 
 
-def _start(tmp: pathlib.Path, plan: dict, *, process_index: int, overwrite: bool) -> None:
+def _start(tmp: epath.Path, plan: dict, *, process_index: int, overwrite: bool) -> None:
   """Creates `tmp` with plan.json, or checks that the interrupted encode there has the same plan."""
   if overwrite and process_index == 0 and tmp.is_dir():
     old = fmt.read_json(tmp / fmt.PLAN_FILE) if (tmp / fmt.PLAN_FILE).is_file() else None
     if old != plan:
-      shutil.rmtree(tmp)
+      tmp.rmtree()
   _barrier("latents_prepare")
   tmp.mkdir(parents=True, exist_ok=True)
   if (tmp / fmt.PLAN_FILE).is_file():
@@ -224,7 +225,7 @@ def encode_dataset(
   (default: this process's cores), in order. Returns `cache_info(out)` once the cache is
   complete (on process 0 in a multi-host run), else None (other processes' shards pending).
   """
-  out = pathlib.Path(out).absolute()
+  out = user_path(out)
   tmp = fmt.incomplete_dir(out)
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
@@ -286,7 +287,7 @@ def write_cache(
   For tests and tools that already hold latents (no tokenizer needed); same format as
   `encode_dataset` (always starts afresh, single process). Returns `cache_info(out)`.
   """
-  out = pathlib.Path(out).absolute()
+  out = user_path(out)
   if (out / fmt.INFO_FILE).is_file() and not overwrite:
     raise FileExistsError(f"latent cache {out} exists; pass overwrite=True to re-create it")
   latents = np.asarray(latents)
@@ -295,7 +296,7 @@ def write_cache(
   z = latents.astype(fmt.np_dtype(dtype))
   labels = np.asarray(labels)
   tmp = fmt.incomplete_dir(out)
-  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.rmtree(missing_ok=True)
   shards = shard_ranges(len(z), examples_per_shard)
   plan = fmt.plan(
     num_source=len(z),
@@ -321,7 +322,7 @@ def finalize(out: str | os.PathLike, *, overwrite: bool = False) -> dict | None:
 
   Returns the info, or None when shards are still missing (another process is not done).
   """
-  out = pathlib.Path(out).absolute()
+  out = user_path(out)
   tmp = fmt.incomplete_dir(out)
   plan = fmt.read_json(tmp / fmt.PLAN_FILE)
   stats = []
@@ -336,6 +337,8 @@ def finalize(out: str | os.PathLike, *, overwrite: bool = False) -> dict | None:
   fmt.write_json_atomic(tmp / fmt.INFO_FILE, fmt.info_from(plan, stats))
   if out.exists() and not overwrite:
     raise FileExistsError(f"latent cache {out} exists; pass --overwrite to re-create it")
-  replace_dir(tmp, out)
+  # Local: folder renames (an old cache via a backup name); gs://: file by file,
+  # cache_info.json last, so a reader never takes a half-moved cache for a complete one.
+  replace_dir(tmp, out, last=fmt.INFO_FILE)
   logging.info("latent cache complete: %s", out)
   return fmt.cache_info(out)

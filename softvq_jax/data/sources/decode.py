@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 
+from etils import epath
 from PIL import Image
 
 from softvq_jax.data import preprocess
@@ -34,7 +35,7 @@ def decode_image(data: bytes, name: str = "", draft: int | None = None) -> Image
 def read_image(path, draft: int | None = None) -> Image.Image:
   """The image file at `path`, loaded; BadImage when it cannot be read or decoded."""
   try:
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:  # local or gs://
       data = f.read()
   except OSError as e:
     raise BadImage(f"{path}: {type(e).__name__}: {e}") from e

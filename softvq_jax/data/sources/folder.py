@@ -7,13 +7,15 @@ pipeline skips and counts.
 
 from __future__ import annotations
 
-import pathlib
+import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from softvq_jax.data.sources.decode import read_image
 from softvq_jax.utils.errors import UserError
+from softvq_jax.utils.paths import expand_path
 
 
 class MissingImages(UserError, FileNotFoundError):
@@ -23,12 +25,18 @@ class MissingImages(UserError, FileNotFoundError):
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
-def list_images(root: str | pathlib.Path) -> tuple[list[pathlib.Path], list[int], list[str]]:
-  """(files, labels, class names) under `root`; labels index the sorted first-level subfolders."""
-  root = pathlib.Path(root).expanduser()
+def list_images(root: str | os.PathLike) -> tuple[list[epath.Path], list[int], list[str]]:
+  """(files, labels, class names) under `root` (local or gs://); labels index the sorted
+  first-level subfolders."""
+  root = expand_path(root)
   if not root.is_dir():
     raise MissingImages(f"image folder {str(root)!r} does not exist (data.path / data.eval_path)")
-  files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+  files = sorted(
+    d / name  # walk(), not rglob: recursive globs are not supported on gs://
+    for d, _, names in root.walk()
+    for name in names
+    if epath.Path(name).suffix.lower() in EXTENSIONS
+  )
   if not files:
     raise MissingImages(
       f"no images ({', '.join(EXTENSIONS)}) found under {str(root)!r} (data.path / data.eval_path)"
@@ -47,7 +55,7 @@ def list_images(root: str | pathlib.Path) -> tuple[list[pathlib.Path], list[int]
 class FolderSource:
   """Random access to a list of image files; `location` names them in error messages."""
 
-  def __init__(self, files: list[pathlib.Path], labels: list[int], location: str = ""):
+  def __init__(self, files: list[epath.Path], labels: list[int], location: str = ""):
     self.files, self.labels = list(files), list(labels)
     self.location = location or f"{len(self.files)} image files"
 

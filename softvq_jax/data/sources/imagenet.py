@@ -6,7 +6,8 @@ determinism and per-process disjointness unchanged: a process reads only the glo
 its own slice of each batch. Records are parsed without TFDS's image decoding; JPEGs are decoded
 here with PIL (sources.decode; grayscale/CMYK/palette -> RGB later in preprocess.to_rgb), and
 undecodable bytes raise `BadImage`, which the pipeline skips and counts. A dataset prepared as
-tfrecord (no random access) is refused with the command that converts it in place.
+tfrecord (no random access) is read by data/streams.py instead (`reader`: data.reader=auto
+picks by what is on disk), or refused here with the command that converts it in place.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from softvq_jax.data.sources.decode import decode_image  # noqa: F401 (re-export
 
 DEFAULT_NAME = "imagenet2012"
 RANDOM_ACCESS_FORMAT = "array_record"
+READERS = ("auto", RANDOM_ACCESS_FORMAT, "tfrecord")  # data.reader
 
 
 class DatasetNotReady(FileNotFoundError):
@@ -96,9 +98,68 @@ def _root(builder) -> str:
   return path
 
 
+def format_name(file_format) -> str:
+  """A TFDS FileFormat (or its string) -> "array_record", "tfrecord", ..."""
+  return str(getattr(file_format, "value", file_format))
+
+
+def stored_formats(builder) -> set[str]:
+  """The file formats a prepared dataset has on disk (from its dataset_info)."""
+  formats = {format_name(f) for f in builder.info.available_file_formats()}
+  if builder.info.file_format:
+    formats.add(format_name(builder.info.file_format))
+  return formats
+
+
+def is_remote(data_dir: str) -> bool:
+  """gs://, s3://, ...: paths the array_record reader (POSIX files) cannot open."""
+  return "://" in str(data_dir)
+
+
+def choose_reader(formats: set[str], data_dir: str) -> str:
+  """data.reader=auto: array_record on local (or mounted) disk, else tfrecord; see `reader`."""
+  if RANDOM_ACCESS_FORMAT in formats and not is_remote(data_dir):
+    return RANDOM_ACCESS_FORMAT
+  if "tfrecord" in formats:
+    return "tfrecord"
+  if RANDOM_ACCESS_FORMAT in formats:
+    raise DatasetNotReady(
+      f"data.data_dir={data_dir!r} holds the dataset as {RANDOM_ACCESS_FORMAT}, which is read "
+      "from local (POSIX) paths only. Either prepare it as tfrecord (the TFDS default) and read "
+      "it from the bucket with data.reader=tfrecord (or auto), or copy it to local disk / mount "
+      "the bucket (gcsfuse) and set data.data_dir to that path (see the README, Data)."
+    )
+  return RANDOM_ACCESS_FORMAT  # other formats: _check_random_access says how to convert
+
+
+def reader(data_cfg, process_count: int = 1) -> str:
+  """The ImageNet reader of a `data` config: "array_record" (random access) or "tfrecord".
+
+  data.reader=auto (the default) looks at the prepared dataset (loading, or preparing from
+  manual_dir, its builder); a config without the key (written before it existed) keeps
+  array_record. data.file_format, when set, must agree.
+  """
+  requested = data_cfg.get("reader", RANDOM_ACCESS_FORMAT) or "auto"
+  file_format = data_cfg.get("file_format", "") or ""
+  if requested not in READERS:
+    raise DatasetNotReady(f"data.reader={requested!r}; choose one of {READERS}")
+  if requested == "auto" and file_format in READERS[1:]:
+    return file_format
+  if requested != "auto":
+    if file_format and file_format != requested and requested == "tfrecord":
+      raise DatasetNotReady(
+        f"data.reader='tfrecord' reads tfrecord files, not data.file_format={file_format!r}; "
+        "leave data.file_format empty"
+      )
+    return requested
+  data_dir = data_cfg.get("data_dir", "")
+  name = data_cfg.get("tfds_name", DEFAULT_NAME) or DEFAULT_NAME
+  builder = load_builder(name, data_dir, data_cfg.get("manual_dir", ""), process_count)
+  return choose_reader(stored_formats(builder), str(builder.data_dir))
+
+
 def _check_random_access(builder, file_format: str) -> str:
-  formats = {str(getattr(f, "value", f)) for f in builder.info.available_file_formats()}
-  formats.add(str(getattr(builder.info.file_format, "value", builder.info.file_format)))
+  formats = stored_formats(builder)
   if file_format and file_format != RANDOM_ACCESS_FORMAT:
     raise DatasetNotReady(
       f"data.file_format={file_format!r}: the input pipeline needs random access; use "
@@ -112,7 +173,13 @@ def _check_random_access(builder, file_format: str) -> str:
       f"{_prepare_command(builder.name, _root(builder), overwrite=True)}\n"
       "or convert it in place (keeps the tfrecords; needs `pip install apache-beam`):\n  "
       f"tfds convert_format --dataset_version_dir={builder.data_dir} "
-      f"--out_file_format={RANDOM_ACCESS_FORMAT} --num_workers=8"
+      f"--out_file_format={RANDOM_ACCESS_FORMAT} --num_workers=8\n"
+      + (
+        "or train and evaluate on the tfrecords as they are with data.reader=tfrecord (tf.data "
+        "streams; latent caching and latents_online need random access)"
+        if "tfrecord" in formats
+        else ""
+      )
     )
   return RANDOM_ACCESS_FORMAT
 

@@ -103,14 +103,18 @@ class LinHeads(nn.Module):
 
 
 class LPIPS(nn.Module):
-  """LPIPS-VGG16 distance: x, y (B, H, W, 3) in [-1, 1] -> (B,) float32. Params {vgg, lin}."""
+  """LPIPS-VGG16 distance: x, y (B, H, W, 3) in [-1, 1] -> (B,) float32. Params {vgg, lin}.
+
+  `x_feats`: x's `normalized_features` computed beforehand (a training step reuses the real
+  images' features, which need no gradient); then only y goes through VGG here.
+  """
 
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, y: jax.Array, x_feats=None) -> jax.Array:
     if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(
         f"LPIPS expects two NHWC RGB batches of the same shape (B, H, W, 3) in [-1, 1]; got "
@@ -123,6 +127,18 @@ class LPIPS(nn.Module):
       )
     b = x.shape[0]
     vgg = VGG16Features(self.dtype, self.param_dtype, self.precision, name="vgg")
-    feats = vgg(scale_inputs(jnp.concatenate([x, y], axis=0)))  # one pass over 2B images
-    diffs = tuple(jnp.square(normalize_channels(f[:b]) - normalize_channels(f[b:])) for f in feats)
+    if x_feats is None:
+      feats = vgg(scale_inputs(jnp.concatenate([x, y], axis=0)))  # one pass over 2B images
+      fx = tuple(normalize_channels(f[:b]) for f in feats)
+      fy = tuple(normalize_channels(f[b:]) for f in feats)
+    else:
+      fx, fy = x_feats, tuple(normalize_channels(f) for f in vgg(scale_inputs(y)))
+    diffs = tuple(jnp.square(a - c) for a, c in zip(fx, fy, strict=True))
     return LinHeads(name="lin")(diffs)
+
+
+def normalized_features(vgg_params, x: jax.Array, dtype: Dtype = jnp.float32, precision=None):
+  """n(f_l(s(x))) for the five taps, float32: LPIPS's `x_feats` (params["vgg"], no gradient)."""
+  model = VGG16Features(dtype, precision=precision)
+  feats = model.apply({"params": vgg_params}, scale_inputs(x))
+  return tuple(normalize_channels(f) for f in feats)
