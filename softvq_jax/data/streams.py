@@ -18,9 +18,10 @@ worker count. Memory: at most two shard files per local stream (ImageNet's 1024 
 about 140 MB each: ~4.5 GB for 16 streams on one process, divided by the process count).
 
 Evaluation reads the split in file order; process p takes a contiguous block of as many records
-as EvalData would give it (round-robin counts), so `training/eval_batches.py` and the evaluators'
-per-process counts hold unchanged; with an image limit (max_eval_images, --num_images) the subset
-then depends on the process count, while a sliced data.eval_split does not.
+as EvalData would give it (`pipeline.local_rows` counts), so `training/eval_batches.py` and the
+evaluators' per-process counts hold unchanged; with an image limit (max_eval_images,
+--num_images) the subset then depends on the process count, while a sliced data.eval_split
+does not.
 """
 
 from __future__ import annotations
@@ -179,17 +180,13 @@ class TfrecordTrainData(SkipCounts):
       "records_read": self.split.records_read,
     }
 
-  def _name(self, key) -> str:
-    shard, index = key
-    return f"{self.split.shards[shard].path}[{index}]"
-
   def check_decodable(self) -> None:
     """Refuses (UserError) a dataset whose first records do not decode, before any model."""
     epoch_files = self.layout.files(0, self.local_streams[0])
     shard = int(epoch_files[0])
     for i, record in enumerate(self.split.read(shard, limit=self.lookahead + 1)):
       try:
-        self.split.decode(record, self._name((shard, i)))
+        self.split.decode(record, self.split.record_name((shard, i)))
         return
       except BadImage as e:
         error = e
@@ -205,12 +202,13 @@ class TfrecordTrainData(SkipCounts):
         self._skips.skip()
         continue
       try:
-        return self.split.decode(record, self._name(key), short if self.jpeg_draft else None)
+        draft = short if self.jpeg_draft else None
+        return self.split.decode(record, self.split.record_name(key), draft)
       except BadImage as e:
         self._skips.record(key, e)
     raise UserError(
-      f"{self.lookahead + 1} consecutive undecodable records from {self._name(chunk[i][1])} on "
-      f"({self.location}); fix or replace the files"
+      f"{self.lookahead + 1} consecutive undecodable records from "
+      f"{self.split.record_name(chunk[i][1])} on ({self.location}); fix or replace the files"
     )
 
   def _fill(self, images, labels, j: int, g: int, chunk: list, i: int) -> None:
@@ -297,7 +295,7 @@ class TfrecordEvalData(pipeline.EvalData):
 
   def _decode(self, records: dict, index: int):
     record, key = records[index]
-    return self.source.decode(record, f"{self.source.shards[key[0]].path}[{key[1]}]")
+    return self.source.decode(record, self.source.record_name(key))
 
   def _plan(self, b: int) -> parallel.Pending:
     chunk = self._items[b * self.batch_size : (b + 1) * self.batch_size]

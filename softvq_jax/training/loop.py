@@ -7,6 +7,7 @@ progress reporting.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -210,20 +211,18 @@ def _train(task_cls, config, workdir: epath.Path, stop: signals.StopRequest) -> 
   last_step = min(total_steps, config.get("stop_after", 0) or total_steps)
   t0 = time.time()
   try:
-    first_batch = sharding.global_batch(next(batches), mesh) if start_step < last_step else None
+    feed = (sharding.global_batch(b, mesh) for b in batches)
+    first_batch = next(feed) if start_step < last_step else None
     with progress.excluded():
       # Compiled once, here, so that its cost analysis gives the FLOPs of a step (MFU); the
       # loop calls this executable (no second compilation).
       compiled, perf = _compile(step_fn, (state, first_batch, frozen), config)
     progress.set_perf(**perf)
+    feed = itertools.chain([first_batch], feed)
     for step in range(start_step + 1, last_step + 1):
       profiler.before(step, state)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        if first_batch is not None:
-          batch, first_batch = first_batch, None
-        else:
-          batch = sharding.global_batch(next(batches), mesh)
-        state, metrics = compiled(state, batch, frozen)
+        state, metrics = compiled(state, next(feed), frozen)
       profiler.after(step, state)
       history.append(metrics)
       ckpt.check_for_errors()  # a failed asynchronous write surfaces here, at the next step

@@ -197,6 +197,27 @@ def _raise_open_file_limit(want: int = 65536) -> None:
     logging.warning("could not raise the open-file limit: %s", e)
 
 
+def check_split(builder, name: str, split: str) -> None:
+  """DatasetNotReady unless the prepared dataset has `split` (slices such as train[:10%] pass)."""
+  if split.isidentifier() and split not in builder.info.splits:
+    raise DatasetNotReady(
+      f"split {split!r} is not in the prepared {name!r} at {builder.data_dir} "
+      f"(it has {sorted(builder.info.splits)}); set data.train_split / data.eval_split"
+    )
+
+
+def split_sources(cls, data_cfg, process_count: int = 1, **kw):
+  """(train, eval) `cls` sources (one per split) for the `data` config block."""
+  kw.update(
+    name=data_cfg.get("tfds_name", DEFAULT_NAME) or DEFAULT_NAME,
+    data_dir=data_cfg.get("data_dir", ""),
+    manual_dir=data_cfg.get("manual_dir", ""),
+    process_count=process_count,
+  )
+  train = cls(split=data_cfg.get("train_split", "train"), **kw)
+  return train, cls(split=data_cfg.get("eval_split", "validation"), **kw)
+
+
 class TfdsImageSource:
   """Random access to (PIL image, label) of one split of a prepared TFDS image dataset.
 
@@ -228,11 +249,7 @@ class TfdsImageSource:
     import tensorflow_datasets as tfds
 
     fmt = _check_random_access(self.builder, self.file_format)
-    if self.split.isidentifier() and self.split not in self.builder.info.splits:
-      raise DatasetNotReady(
-        f"split {self.split!r} is not in the prepared {self.name!r} at {self.builder.data_dir} "
-        f"(it has {sorted(self.builder.info.splits)}); set data.train_split / data.eval_split"
-      )
+    check_split(self.builder, self.name, self.split)
     _raise_open_file_limit()  # readers are opened lazily, one per shard file (~1100 for ImageNet)
     records = self.builder.as_data_source(
       split=self.split,
@@ -285,13 +302,5 @@ class TfdsImageSource:
 
 def imagenet_sources(data_cfg, process_count: int = 1):
   """(train, eval) TfdsImageSources for the `data` config block."""
-  kw = dict(
-    name=data_cfg.get("tfds_name", DEFAULT_NAME) or DEFAULT_NAME,
-    data_dir=data_cfg.get("data_dir", ""),
-    manual_dir=data_cfg.get("manual_dir", ""),
-    file_format=data_cfg.get("file_format", ""),
-    process_count=process_count,
-  )
-  train = TfdsImageSource(split=data_cfg.get("train_split", "train"), **kw)
-  held_out = TfdsImageSource(split=data_cfg.get("eval_split", "validation"), **kw)
-  return train, held_out
+  fmt = data_cfg.get("file_format", "")
+  return split_sources(TfdsImageSource, data_cfg, process_count, file_format=fmt)

@@ -77,11 +77,7 @@ class TfrecordSplit:
   def shards(self) -> list[Shard]:
     """The split's files in TFDS order (slices such as train[:10%] cut the first and last)."""
     info = self.builder.info
-    if self.split.isidentifier() and self.split not in info.splits:
-      raise imagenet.DatasetNotReady(
-        f"split {self.split!r} is not in the prepared {self.name!r} at {self.builder.data_dir} "
-        f"(it has {sorted(info.splits)}); set data.train_split / data.eval_split"
-      )
+    imagenet.check_split(self.builder, self.name, self.split)
     out = [Shard(str(f.filename), int(f.skip), int(f.take)) for f in self._instructions(info)]
     return [s for s in out if s.take > 0]
 
@@ -133,6 +129,10 @@ class TfrecordSplit:
     with self._lock:
       self.records_read += got
     return out
+
+  def record_name(self, key: tuple[int, int]) -> str:
+    """`file[index]` of a record key (shard, index in the file), for messages."""
+    return f"{self.shards[key[0]].path}[{key[1]}]"
 
   def decode(self, record: bytes, name: str, draft: int | None = None) -> tuple[Image.Image, int]:
     """(image, label) of a serialized tf.train.Example; BadImage when it cannot be decoded."""
@@ -195,11 +195,4 @@ class Cursor:
 
 def splits(data_cfg, process_count: int = 1) -> tuple[TfrecordSplit, TfrecordSplit]:
   """(train, eval) TfrecordSplits for the `data` config block."""
-  kw = dict(
-    name=data_cfg.get("tfds_name", imagenet.DEFAULT_NAME) or imagenet.DEFAULT_NAME,
-    data_dir=data_cfg.get("data_dir", ""),
-    manual_dir=data_cfg.get("manual_dir", ""),
-    process_count=process_count,
-  )
-  train = TfrecordSplit(split=data_cfg.get("train_split", "train"), **kw)
-  return train, TfrecordSplit(split=data_cfg.get("eval_split", "validation"), **kw)
+  return imagenet.split_sources(TfrecordSplit, data_cfg, process_count)
