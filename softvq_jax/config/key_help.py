@@ -69,8 +69,9 @@ model.dtype: compute dtype; params stay float32 (models/factory.py DTYPES: float
   float16). Recipes bfloat16; :quick float32.
 model.remat: recompute each transformer block in the backward pass (less activation memory,
   about a third more compute).
-model.attn_impl: jax.nn.dot_product_attention implementation (models/factory.py ATTN_IMPLS):
-  "" (jax's choice) | xla | cudnn (the fused GPU kernel).
+model.attn_impl: attention kernel (models/attention.py): "" (one head at a time on CPU, which
+  keeps the scores in cache; jax.nn.dot_product_attention's choice elsewhere) | xla | cudnn (the
+  fused GPU kernel) | per_head.
 model.vq_mean: mean for the generators' latent normalisation (z - vq_mean) / vq_std. T: not read
   in training; python -m softvq_jax.export measures it (0.0 until then). G: read only when
   model.vq_std > 0, else resolved from the latents (model.latent_stats).

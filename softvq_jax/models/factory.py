@@ -16,13 +16,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from softvq_jax.models import quantizers, vit
+from softvq_jax.models import attention, quantizers, vit
 from softvq_jax.models.tokenizer import Tokenizer, ViTDecoder, ViTEncoder
 from softvq_jax.utils.config_access import cfg_get as _get
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TO_PIXEL = ("linear", "conv")  # ViTDecoder.pixel_head
-ATTN_IMPLS = ("", "xla", "cudnn")  # "" -> jax's default
+ATTN_IMPLS = attention.IMPLS  # "": per-head on CPU, jax's choice elsewhere
 
 
 def _lookup(table: dict, name: Any, key: str) -> Any:

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from softvq_jax.models import attention as attention_lib
+
 Dtype = Any
 
 # timm initialises ViT linears with trunc_normal(std=0.02) and zero bias.
@@ -67,7 +69,8 @@ class Attention(nn.Module):
 
   Optional 2-D RoPE is applied to q and k of the token range [rope_start, rope_start + T_rope)
   only (the image tokens; cls and latent tokens stay unrotated), as in the reference.
-  `attn_impl` is passed to `jax.nn.dot_product_attention` ('cudnn' selects the fused GPU kernel).
+  `attn_impl` picks the kernel (models/attention.py: per-head on CPU by default, 'cudnn' for the
+  fused GPU kernel).
   """
 
   num_heads: int
@@ -104,7 +107,7 @@ class Attention(nn.Module):
       sl = slice(rope_start, rope_start + n)
       q = q.at[:, sl].set(apply_rope(q[:, sl], rope_angles))
       k = k.at[:, sl].set(apply_rope(k[:, sl], rope_angles))
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.attn_impl)
+    out = attention_lib.attention(q, k, v, self.attn_impl)
     out = out.reshape(b, t, e)
     return nn.Dense(
       e,

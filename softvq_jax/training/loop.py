@@ -16,7 +16,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 
 from softvq_jax import checkpointing, sharding
@@ -303,6 +302,8 @@ def _stopped_message(signum: int, step: int, ckpt) -> str:
 
 def _writer(workdir: epath.Path, is_main: bool):
   """TensorBoard summaries on process 0 (the console gets the progress line, not every scalar)."""
+  from clu import metric_writers  # imports TensorFlow: only when a run writes summaries
+
   if not is_main:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
