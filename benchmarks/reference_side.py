@@ -270,7 +270,7 @@ def sit_workload(ref, c: dict):
   if m["patch_size"] != 1:
     raise SystemExit("error: only the 1-D (patch 1) SiT is mapped")
   arch = dict(zip(("depth", "hidden_size", "num_heads"), SIT[m["variant"]]))
-  tokens, dim = m["num_tokens"] or 64, m["dim"] or 32  # workloads.py's synthetic 64 x 32 latents
+  tokens, dim = m["num_tokens"], m["dim"]  # workloads.py's synthetic latent size
   model = ref.sit.SiT(
     input_size=tokens,
     in_channels=dim,

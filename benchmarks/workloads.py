@@ -68,6 +68,16 @@ def _tokenizer_config(name: str, dtype: str, b64_batch: int):
   return c
 
 
+def _generator_config(dtype: str):
+  """sit_s: SiT-S/1 on synthetic 64 x 32 latents, batch 16 (the latent size is in the config, so
+  the reference side reads it too)."""
+  from softvq_jax.config import defaults
+
+  c = defaults.generator_config("S")
+  c.batch_size, c.model.dtype, c.model.num_tokens, c.model.dim = 16, dtype, 64, 32
+  return c
+
+
 def _train_workload(name: str, dtype: str, b64_batch: int):
   """(compiled step, args, images per step) of a train-step workload."""
   import jax
@@ -79,19 +89,17 @@ def _train_workload(name: str, dtype: str, b64_batch: int):
 
   mesh = sharding.make_mesh(-1, 1)
   if name == "sit_s":
-    from softvq_jax.config import defaults
     from softvq_jax.training import generator
 
-    t, d = 64, 32
+    config = _generator_config(dtype)
+    b, t, d = config.batch_size, config.model.num_tokens, config.model.dim
     latents = dict(num_tokens=t, dim=d, vq_mean=0.0, vq_std=1.0, tokenizer="", image_size=256)
     generator.resolve_latents = lambda config: latents  # synthetic latents, no cache
-    config = defaults.generator_config("S")
-    config.batch_size, config.model.dtype = 16, dtype
     task = generator.GeneratorTask(config, mesh, total_steps=1000, warmup_steps=0)
     rng = np.random.default_rng(0)
     host = {
-      "latent": rng.normal(size=(16, t, d)).astype(np.float32),
-      "label": rng.integers(0, 1000, 16).astype(np.int32),
+      "latent": rng.normal(size=(b, t, d)).astype(np.float32),
+      "label": rng.integers(0, 1000, b).astype(np.int32),
     }
   else:
     from softvq_jax.training.tokenizer import TokenizerTask
@@ -126,12 +134,10 @@ def _run_one(name: str, steps: int, dtype: str, peak: float, b64_batch: int) -> 
 
   t0 = time.perf_counter()
   if name == "b64_infer":
-    from softvq_jax.config import defaults
     from softvq_jax.models import roundtrip
     from softvq_jax.models.factory import build_tokenizer
 
-    c = defaults.tokenizer_config("B", "tokens=64,res=256")
-    c.model.dtype = dtype
+    c = _tokenizer_config("tok_b64", dtype, b64_batch)  # the B-64 model, as the JSON says
     model = build_tokenizer(c.model, c.quantizer)
     x = np.random.default_rng(0).uniform(-1, 1, (8, 256, 256, 3)).astype(np.float32)
     init = {"params": jax.random.key(0), "sample": jax.random.key(1)}
@@ -216,11 +222,8 @@ def _reference_cmd(a, name: str, config_json: str) -> list[str]:
 
 def _config_json(name: str, a, directory: pathlib.Path) -> str:
   """This workload's config as JSON, for the reference side to map (same sizes and terms)."""
-  from softvq_jax.config import defaults
-
   if name == "sit_s":
-    c = defaults.generator_config("S")
-    c.batch_size = 16
+    c = _generator_config("float32")
   else:
     c = _tokenizer_config("tok_b64" if name == "b64_infer" else name, "float32", a.b64_batch)
   path = directory / f"{name}.json"
@@ -286,7 +289,8 @@ def main(argv: list[str]) -> None:
       raise SystemExit(f"error: unknown workload {name!r}; choose from {WORKLOADS}")
   if bool(a.reference_repo) != bool(a.reference_python):
     raise SystemExit("error: --reference_repo and --reference_python go together")
-  results, tmp = [], pathlib.Path(tempfile.mkdtemp(prefix="workloads_"))
+  results, tmpdir = [], tempfile.TemporaryDirectory(prefix="workloads_")
+  tmp = pathlib.Path(tmpdir.name)
   for name in names:
     ours = [sys.executable, __file__, f"--_run={name}", f"--steps={a.steps}"]
     ours += [f"--dtype={a.dtype}", f"--peak_tflops={a.peak_tflops}", f"--b64_batch={a.b64_batch}"]
@@ -316,6 +320,7 @@ def main(argv: list[str]) -> None:
       )
   if a.json:
     pathlib.Path(a.json).write_text("".join(json.dumps(r) + "\n" for r in results))
+  tmpdir.cleanup()
 
 
 if __name__ == "__main__":
