@@ -14,7 +14,9 @@ shared machine, what the other processes left). With PyTorch available (here, or
 interpreter given by --reference_python) the reference's loader runs side by side on the same
 folder: `ImageFolder` + `DataLoader(num_workers=2)` with the reference's transform (ADM random
 crop via PIL, random flip, ToTensor, Normalize(0.5, 0.5)); the ratio to our pipeline at the same
-worker count is printed. Without torch that row is skipped, saying so.
+worker count is printed (the median over the interleaved repeats, each pair measured one after
+the other), for the default window resize and for data.exact_resize=True (the whole image
+resized, bitwise the reference's crop). Without torch that row is skipped, saying so.
 
 Without --data_dir / --folder, fake data is made in a temporary directory: JPEGs cut from the
 bundled photos at ImageNet-like sizes (short side 375-468 px), so the decode cost is realistic;
@@ -55,6 +57,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs per row; the median is print
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "Batches prepared ahead.")
 _UINT8 = flags.DEFINE_bool("uint8", True, "uint8 batches (data.uint8_transfer, the default).")
 _DRAFT = flags.DEFINE_bool("jpeg_draft", False, "data.jpeg_draft (reduced-size JPEG decode).")
+_EXACT = flags.DEFINE_bool(
+  "exact_resize", False, "data.exact_resize (whole-image resize, bitwise the reference's crop)."
+)
 _FAKE_IMAGES = flags.DEFINE_integer("fake_images", 256, "Images in the fake folder / ImageNet.")
 _REF_PYTHON = flags.DEFINE_string(
   "reference_python", "", "Interpreter with torch for the reference row ('' = this one)."
@@ -260,7 +265,12 @@ def main(argv):
   readers = set(_READERS.value)
   with tempfile.TemporaryDirectory() as tmp:
     notes, configs = {}, {}
-    common = dict(random_crop=True, uint8_transfer=_UINT8.value, jpeg_draft=_DRAFT.value)
+    common = dict(
+      random_crop=True,
+      uint8_transfer=_UINT8.value,
+      jpeg_draft=_DRAFT.value,
+      exact_resize=_EXACT.value,
+    )
     if readers & {"folder", "reference"}:
       folder = _FOLDER.value or _fake_folder(pathlib.Path(tmp) / "folder")
       notes["folder"] = folder if _FOLDER.value else f"FAKE folder ({_FAKE_IMAGES.value} JPEGs)"
@@ -282,7 +292,7 @@ def main(argv):
       f"input pipeline, one host: {_cores()} cores available, local batch {_BATCH.value}, "
       f"{_STEPS.value} timed batches x {_REPEATS.value} runs (median), prefetch "
       f"{_PREFETCH.value}, {'uint8' if _UINT8.value else 'float32'} batches, jpeg_draft "
-      f"{_DRAFT.value}; {_load()}"
+      f"{_DRAFT.value}, exact_resize {_EXACT.value}; {_load()}"
     )
     ref_python = _reference_python() if "reference" in readers else None
     if "reference" in readers and ref_python is None:
@@ -303,6 +313,11 @@ def main(argv):
           c = ml_collections.ConfigDict(dict(c, num_workers=_REF_WORKERS.value))
           d = data.build_train_data(c, image_size=size, global_batch=_BATCH.value, seed=0)
           rows.setdefault(("folder f32", _REF_WORKERS.value), []).append(_throughput(d))
+        if ref_python and not _EXACT.value:  # and the whole-image resize, bitwise the reference's
+          c = dict(configs["folder"], exact_resize=True, prefetch=_PREFETCH.value)
+          c = ml_collections.ConfigDict(dict(c, num_workers=_REF_WORKERS.value))
+          d = data.build_train_data(c, image_size=size, global_batch=_BATCH.value, seed=0)
+          rows.setdefault(("folder exact", _REF_WORKERS.value), []).append(_throughput(d))
         for name, build in EXTRA_READERS.items():
           for w in counts:
             rows.setdefault((name, w), []).append(_throughput(build(size, w)))
@@ -318,7 +333,7 @@ def main(argv):
         cpu = statistics.median(r[1] for r in runs)
         first = rows.get((name, counts[0]))
         scaling = ""
-        if first and name != "folder f32":
+        if first and name not in ("folder f32", "folder exact"):
           speedup = rate / statistics.median(r[0] for r in first)
           eff = speedup * min(counts[0], _cores()) / min(w, _cores())
           scaling = f"x{speedup:4.2f} vs {counts[0]} worker(s), per-core efficiency {eff:4.2f}, "
@@ -336,14 +351,17 @@ def main(argv):
           f"{min(r['rate'] for r in ref):.0f}-{max(r['rate'] for r in ref):.0f})  torch "
           f"{ref[0]['torch']} ImageFolder + DataLoader, float32 [{ref[0]['impl']}]"
         )
-        for name in ("folder", "folder f32"):
+        for name in ("folder", "folder f32", "folder exact"):
           ours = rows.get((name, _REF_WORKERS.value))
           if ours:
             dtype = "float32" if name.endswith("f32") or not _UINT8.value else "uint8"
-            mine = statistics.median(r[0] for r in ours)
+            exact = name.endswith("exact") or _EXACT.value
+            resize = "whole-image resize" if exact else "window resize"
+            pairs = [a[0] / b["rate"] for a, b in zip(ours, ref)]  # the same repeat's runs
             print(
-              f"  ratio: folder pipeline ({dtype} batches) / reference at {_REF_WORKERS.value} "
-              f"workers = {mine / rate:.2f}"
+              f"  ratio: folder pipeline ({dtype} batches, {resize}) / reference at "
+              f"{_REF_WORKERS.value} workers = {statistics.median(pairs):.2f} (median of "
+              f"{len(pairs)} interleaved pairs, {min(pairs):.2f}-{max(pairs):.2f})"
             )
     print(f"\n{_load()}")
 

@@ -146,7 +146,9 @@ def test_bad_images_are_converted_or_skipped_and_counted(data_dir):
 
   # One full epoch (global batch = dataset size) meets the corrupt file exactly once; it is
   # replaced by the next example of the epoch's order (with the sample's own augmentation).
-  d = TrainData(source, image_size=S, global_batch=NUM_TRAIN, seed=3, random_flip=False)
+  d = TrainData(
+    source, image_size=S, global_batch=NUM_TRAIN, seed=3, random_flip=False, exact_resize=True
+  )
   batch = d.batch(0)
   assert d.num_skipped == 1
   order = d._order(0)

@@ -176,7 +176,10 @@ def _compare(task_cls, config, split, straight, loss_tag, rtol=2e-4, atol=2e-6):
     keys = [k for k in eb[step] if isinstance(eb[step][k], float)]
     assert keys, eb[step]
     for k in keys:
-      assert ea[step][k] == pytest.approx(eb[step][k], rel=rtol, abs=1e-6), (step, k)
+      # SSIM's local variances (E[x^2] - mu^2) cancel in f32: the 2 x 4 vs 1 x 8 reduction
+      # order shows at ~3e-4 relative on an untrained model's SSIM of ~0.07 (MSE/PSNR: 1e-6).
+      tol = 1e-4 if k.endswith("ssim") else 1e-6
+      assert ea[step][k] == pytest.approx(eb[step][k], rel=rtol, abs=tol), (step, k)
   return a
 
 

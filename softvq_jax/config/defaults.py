@@ -177,6 +177,7 @@ def tokenizer_config(variant: str, arg: str | None = None) -> ConfigDict:
   c.data.prefetch = 4
   c.data.uint8_transfer = True  # ship uint8 train batches, convert to [-1, 1] on device
   c.data.jpeg_draft = False  # reduced-size JPEG decode where ADM halves anyway (not bitwise)
+  c.data.exact_resize = False  # True: resize whole images, then crop (bitwise ADM; slower)
   c.data.eval_crops = 4
 
   c.eval = ConfigDict()

@@ -143,6 +143,7 @@ def build_train_data(
       min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
       uint8=data_cfg.get("uint8_transfer", False),
       jpeg_draft=data_cfg.get("jpeg_draft", False),
+      exact_resize=data_cfg.get("exact_resize", False),
       **kw,
     )
     train_data.check_decodable()
@@ -159,6 +160,7 @@ def build_train_data(
     min_crop_frac=data_cfg.get("min_crop_frac", 0.8),
     uint8=data_cfg.get("uint8_transfer", False),
     jpeg_draft=data_cfg.get("jpeg_draft", False),
+    exact_resize=data_cfg.get("exact_resize", False),
     **kw,
   )
   train_data.check_decodable()  # a dataset where nothing decodes stops here, naming data.path

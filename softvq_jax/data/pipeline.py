@@ -179,12 +179,15 @@ class TrainData(SkipCounts, ShuffledBatches):
     min_crop_frac: float = 0.8,
     uint8: bool = False,
     jpeg_draft: bool = False,
+    exact_resize: bool = False,
     **batching,
   ):
     """`batching`: global_batch, seed, process_index/count, num_workers, prefetch (as the base).
 
     jpeg_draft: decode JPEGs at reduced size where the ADM resize halves them anyway (faster on
     large photos, not bitwise equal to the full decode; `preprocess.draft_jpeg`).
+    exact_resize: resize whole images before cropping (bitwise the reference's ADM crop); False
+    resizes only the crop's window (`views.train_view`).
     """
     super().__init__(len(source), **batching)
     self.source = source
@@ -192,7 +195,7 @@ class TrainData(SkipCounts, ShuffledBatches):
     self.random_crop, self.random_flip = random_crop, random_flip
     self.min_crop_frac = min_crop_frac
     self.uint8 = uint8  # ship uint8 images; preprocess.float_images converts them on device
-    self.jpeg_draft = jpeg_draft
+    self.jpeg_draft, self.exact_resize = jpeg_draft, exact_resize
     self._skips = SkipLog("training example")
 
   @property
@@ -259,6 +262,7 @@ class TrainData(SkipCounts, ShuffledBatches):
       random_crop=self.random_crop,
       random_flip=self.random_flip,
       min_crop_frac=self.min_crop_frac,
+      exact_resize=self.exact_resize,
     )
 
   def _fill(self, images: np.ndarray, labels: np.ndarray, j: int, g: int) -> None:

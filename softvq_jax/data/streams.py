@@ -126,6 +126,7 @@ class TfrecordTrainData(SkipCounts):
     min_crop_frac: float = 0.8,
     uint8: bool = False,
     jpeg_draft: bool = False,
+    exact_resize: bool = False,
     num_workers: int | None = None,
     prefetch: int = 2,
     lookahead: int | None = None,
@@ -149,6 +150,7 @@ class TfrecordTrainData(SkipCounts):
       random_crop=random_crop,
       random_flip=random_flip,
       min_crop_frac=min_crop_frac,
+      exact_resize=exact_resize,
     )
     self.uint8, self.jpeg_draft = uint8, jpeg_draft
     self.lookahead = LOOKAHEAD if lookahead is None else lookahead
