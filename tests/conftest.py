@@ -10,7 +10,19 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# One persistent XLA compilation cache for the run, shared through the environment by the
+# pytest-xdist workers and the processes tests start: the suite compiles the same tiny programs
+# many times over (every trainer test, resume and subprocess), which then load instead. Made by
+# the first process (the xdist controller), removed by it at the end; a user's own cache is kept.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  import tempfile
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="softvq_jax_tests_xla_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -39,3 +51,8 @@ _LONG_FIRST = (
 def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(_LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made the cache
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
