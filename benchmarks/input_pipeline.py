@@ -233,6 +233,17 @@ def _throughput(d) -> tuple[float, float]:
   return n / dt, 1e3 * dc / n
 
 
+def _measure(rows: dict, name: str, cfg: dict, workers: int, size: int) -> None:
+  """One run of the data config `cfg` at `workers` threads, appended to rows[(name, workers)]."""
+  import ml_collections
+
+  from softvq_jax import data
+
+  c = ml_collections.ConfigDict(dict(cfg, num_workers=workers, prefetch=_PREFETCH.value))
+  d = data.build_train_data(c, image_size=size, global_batch=_BATCH.value, seed=0)
+  rows.setdefault((name, workers), []).append(_throughput(d))
+
+
 def _reference_python() -> str | None:
   """The interpreter for the reference row if it can import torch, else None."""
   python = _REF_PYTHON.value or sys.executable
@@ -258,9 +269,6 @@ def _load() -> str:
 
 def main(argv):
   del argv
-  import ml_collections
-
-  from softvq_jax import data
 
   readers = set(_READERS.value)
   with tempfile.TemporaryDirectory() as tmp:
@@ -302,22 +310,17 @@ def main(argv):
       )
     for size in map(int, _SIZES.value):
       rows: dict = {}
+
       for _ in range(_REPEATS.value):  # interleaved: load changes hit every row alike
         for name, cfg in configs.items():
           for w in counts:
-            c = ml_collections.ConfigDict(dict(cfg, num_workers=w, prefetch=_PREFETCH.value))
-            d = data.build_train_data(c, image_size=size, global_batch=_BATCH.value, seed=0)
-            rows.setdefault((name, w), []).append(_throughput(d))
+            _measure(rows, name, cfg, w, size)
         if ref_python and _UINT8.value:  # our float32 batches too, as the reference ships
-          c = dict(configs["folder"], uint8_transfer=False, prefetch=_PREFETCH.value)
-          c = ml_collections.ConfigDict(dict(c, num_workers=_REF_WORKERS.value))
-          d = data.build_train_data(c, image_size=size, global_batch=_BATCH.value, seed=0)
-          rows.setdefault(("folder f32", _REF_WORKERS.value), []).append(_throughput(d))
+          f32 = dict(configs["folder"], uint8_transfer=False)
+          _measure(rows, "folder f32", f32, _REF_WORKERS.value, size)
         if ref_python and not _EXACT.value:  # and the whole-image resize, bitwise the reference's
-          c = dict(configs["folder"], exact_resize=True, prefetch=_PREFETCH.value)
-          c = ml_collections.ConfigDict(dict(c, num_workers=_REF_WORKERS.value))
-          d = data.build_train_data(c, image_size=size, global_batch=_BATCH.value, seed=0)
-          rows.setdefault(("folder exact", _REF_WORKERS.value), []).append(_throughput(d))
+          exact = dict(configs["folder"], exact_resize=True)
+          _measure(rows, "folder exact", exact, _REF_WORKERS.value, size)
         for name, build in EXTRA_READERS.items():
           for w in counts:
             rows.setdefault((name, w), []).append(_throughput(build(size, w)))

@@ -41,7 +41,7 @@ def _horizontal_first_always(w: int, h: int, nw: int, nh: int) -> bool:
   return True
 
 
-RULES = {"pillow>=13": _horizontal_first_13, "horizontal first": _horizontal_first_always}
+RULES = (_horizontal_first_13, _horizontal_first_always)  # Pillow >= 13, older Pillow
 # (source size, resized size): shapes that tell the two rules apart, and shapes both agree on.
 PROBES = (
   ((100, 600), (90, 300)),
@@ -75,7 +75,7 @@ def pass_order():
     hv = np.asarray(_one_pass(_one_pass(image, True, nw), False, nh))
     vh = np.asarray(_one_pass(_one_pass(image, False, nh), True, nw))
     seen.append((np.array_equal(full, hv), np.array_equal(full, vh)))
-  for rule in RULES.values():
+  for rule in RULES:
     if all(s[0 if rule(w, h, nw, nh) else 1] for s, ((w, h), (nw, nh)) in zip(seen, PROBES)):
       return rule
   logging.warning(
